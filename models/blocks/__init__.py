@@ -1,0 +1,1 @@
+"""Mechanism blocks: functions that add states, parameters and terms to a ModelBuilder."""

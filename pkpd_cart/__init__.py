@@ -1,0 +1,59 @@
+"""pkpd_cart: symbolic, compiled and calibrated CAR-T models for autoimmune disease."""
+
+from pkpd_cart.compile import CompiledModel, compile_model
+from pkpd_cart.errors import (
+    BackendWarning,
+    CompileError,
+    DatasetError,
+    FitError,
+    InputError,
+    ModelDefinitionError,
+    PkpdCartError,
+    PkpdCartWarning,
+    SimulationError,
+)
+from pkpd_cart.loading import available_models, load_model
+from pkpd_cart.modelling import (
+    Model,
+    ModelBuilder,
+    Parameter,
+    State,
+    compose,
+    hill,
+    positive_part,
+    switched,
+    t,
+)
+from pkpd_cart.simulate import Dose, SolverOptions, Trajectory, simulate, simulate_batch
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendWarning",
+    "CompileError",
+    "CompiledModel",
+    "DatasetError",
+    "Dose",
+    "FitError",
+    "InputError",
+    "Model",
+    "ModelBuilder",
+    "ModelDefinitionError",
+    "Parameter",
+    "PkpdCartError",
+    "PkpdCartWarning",
+    "SimulationError",
+    "SolverOptions",
+    "State",
+    "Trajectory",
+    "available_models",
+    "compile_model",
+    "compose",
+    "hill",
+    "load_model",
+    "positive_part",
+    "simulate",
+    "simulate_batch",
+    "switched",
+    "t",
+]

@@ -1,0 +1,73 @@
+"""Where generated modules live: an in-memory table and a directory on disk.
+
+The key is the model's symbolic hash plus the backend and the versions of everything that
+shapes the generated text, so a changed model, sympy or numba never reuses a stale file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+import tempfile
+from pathlib import Path
+from types import ModuleType
+
+import sympy
+
+from pkpd_cart.compile.codegen import CODEGEN_VERSION
+
+_LOADED: dict[str, ModuleType] = {}
+
+
+def cache_dir() -> Path:
+    """Directory of generated modules: ``$PKPD_CART_CACHE_DIR`` or ``~/.cache/pkpd_cart``."""
+    root = os.environ.get("PKPD_CART_CACHE_DIR")
+    path = Path(root) if root else Path.home() / ".cache" / "pkpd_cart"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def versions(backend: str) -> str:
+    parts = [f"codegen={CODEGEN_VERSION}", f"sympy={sympy.__version__}",
+             f"python={sys.version_info.major}.{sys.version_info.minor}"]
+    if backend == "numba":
+        import numba
+
+        parts.append(f"numba={numba.__version__}")
+    return ", ".join(parts)
+
+
+def cache_key(model_hash: str, backend: str) -> str:
+    return hashlib.sha256(f"{model_hash}|{backend}|{versions(backend)}".encode()).hexdigest()
+
+
+def module_path(model_name: str, key: str) -> Path:
+    return cache_dir() / f"{model_name}_{key[:20]}.py"
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so no reader ever sees a half-written file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def load_module(path: Path, key: str) -> ModuleType:
+    """Import the generated module at ``path`` once per process."""
+    if key in _LOADED:
+        return _LOADED[key]
+    name = f"pkpd_cart_generated_{key[:20]}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # numba's on-disk cache needs the module importable by name
+    spec.loader.exec_module(module)
+    _LOADED[key] = module
+    return module
+
+
+def loaded(key: str) -> ModuleType | None:
+    return _LOADED.get(key)

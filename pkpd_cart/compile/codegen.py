@@ -1,0 +1,295 @@
+"""Generate plain Python source for a model's numeric functions.
+
+One table, :data:`GENERATED`, lists every function written into the module. Each is a
+straight-line block of common subexpressions (``sympy.cse``) followed by assignments to
+an output array, so the same text runs as pure Python or under ``numba.njit``.
+
+Calling conventions (``n`` states, ``np`` parameters, ``no`` observables, ``ns`` switches):
+
+* ``y`` state vector (n,), ``t`` time, ``p`` parameters (np,), ``sw`` switch flags (ns,)
+* the augmented sensitivity vector is ``[x, s_0, ..., s_{k-1}]``, each block of length n;
+  direction ``j < len(pidx)`` is parameter ``pidx[j]``, later directions are initial values.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from dataclasses import dataclass
+
+import sympy as sp
+from sympy.printing.pycode import PythonCodePrinter
+
+from pkpd_cart.modelling import Model, t
+
+CODEGEN_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class GeneratedFunction:
+    name: str
+    signature: str
+    doc: str
+
+
+GENERATED = (
+    GeneratedFunction("rhs", "y, t, p, sw", "dx/dt, shape (n,)"),
+    GeneratedFunction("jac", "y, t, p, sw", "df/dx, shape (n, n)"),
+    GeneratedFunction("dfdp", "y, t, p, sw", "df/dp, shape (n, np)"),
+    GeneratedFunction("sens_rhs", "y, t, p, sw, pidx", "augmented rhs [f, J s_j + df/dp_j]"),
+    GeneratedFunction("sens_jac_banded", "y, t, p, sw, pidx",
+                      "block-diagonal Jacobian of the augmented system, LSODA banded layout"),
+    GeneratedFunction("observables", "y, t, p, sw", "h(x, p), shape (no,)"),
+    GeneratedFunction("observables_dx", "y, t, p, sw", "dh/dx, shape (no, n)"),
+    GeneratedFunction("observables_dp", "y, t, p, sw", "dh/dp, shape (no, np)"),
+    GeneratedFunction("observe_all", "Y, T, p, SW", "observables at every row, (nt, no)"),
+    GeneratedFunction("initial", "p", "x(t0) from the initial expressions, (n,)"),
+    GeneratedFunction("initial_dp", "p", "dx(t0)/dp, shape (n, np)"),
+    GeneratedFunction("switch_times", "p", "switch times, shape (ns,)"),
+    GeneratedFunction("switch_times_dp", "p", "d(switch time)/dp, shape (ns, np)"),
+)
+
+
+class _Printer(PythonCodePrinter):
+    """Python printer whose output is also valid numba: no complex powers, no exceptions."""
+
+    def _print_Pow(self, expr, rational=False):
+        base, exp = expr.args
+        if exp.is_Integer:
+            if exp == -1:
+                return f"(1.0/({self._print(base)}))"
+            if exp < 0:
+                return f"(1.0/({self._print(base)})**{-int(exp)})"
+            return f"({self._print(base)})**{int(exp)}"
+        return f"_fpow({self._print(base)}, {self._print(exp)})"
+
+    def _print_Heaviside(self, expr):
+        return f"_heaviside({self._print(expr.args[0])})"
+
+    def _print_Max(self, expr):
+        args = [self._print(a) for a in expr.args]
+        out = args[0]
+        for a in args[1:]:
+            out = f"_max({out}, {a})"
+        return out
+
+    def _print_Min(self, expr):
+        args = [self._print(a) for a in expr.args]
+        out = args[0]
+        for a in args[1:]:
+            out = f"_min({out}, {a})"
+        return out
+
+    def _print_Float(self, expr):
+        return repr(float(expr))
+
+    def _print_Rational(self, expr):
+        return f"({float(expr.p)!r}/{float(expr.q)!r})"
+
+    def _print_Integer(self, expr):
+        return f"{float(expr)!r}"
+
+
+def _printer() -> _Printer:
+    return _Printer({"fully_qualified_modules": True, "standard": "python3"})
+
+
+HELPERS = '''
+@_jit
+def _fpow(b, e):
+    """Real power: nan (never a complex number) for a negative base and fractional exponent."""
+    if b >= 0.0 or e == math.floor(e):
+        return b ** e
+    return math.nan
+
+
+@_jit
+def _heaviside(x):
+    return 1.0 if x > 0.0 else 0.0
+
+
+@_jit
+def _max(a, b):
+    return a if a >= b else b
+
+
+@_jit
+def _min(a, b):
+    return a if a <= b else b
+'''
+
+
+@dataclass
+class _Symbols:
+    """Maps model symbols onto the local variable names used in generated code."""
+
+    model: Model
+
+    def __post_init__(self) -> None:
+        m = self.model
+        self.x = [sp.Symbol(f"x_{n}", real=True) for n in m.states]
+        self.p = [sp.Symbol(f"p_{n}", real=True) for n in m.parameters]
+        self.sw = [sp.Symbol(f"sw_{n}", real=True) for n in m.switches]
+        self.sub = {s.symbol: v for s, v in zip(m.states.values(), self.x)}
+        self.sub.update({s.symbol: v for s, v in zip(m.parameters.values(), self.p)})
+        self.sub.update({s.symbol: v for s, v in zip(m.switches.values(), self.sw)})
+        self.sub[t] = sp.Symbol("t", real=True)
+
+    def local(self, expr: sp.Expr) -> sp.Expr:
+        return self.model.expand(expr).xreplace(self.sub)
+
+    def unpack(self, which: str) -> list[str]:
+        lines = []
+        if "y" in which:
+            lines += [f"{s} = y[{i}]" for i, s in enumerate(self.x)]
+        if "p" in which:
+            lines += [f"{s} = p[{i}]" for i, s in enumerate(self.p)]
+        if "s" in which:
+            lines += [f"{s} = sw[{i}]" for i, s in enumerate(self.sw)]
+        return lines
+
+
+def _block(outputs: list[tuple[str, sp.Expr]]) -> list[str]:
+    """CSE over all outputs, then ``target = expr`` lines (zeros are skipped)."""
+    printer = _printer()
+    nonzero = [(target, e) for target, e in outputs if e != 0]
+    if not nonzero:
+        return []
+    reps, reduced = sp.cse([e for _, e in nonzero], symbols=sp.numbered_symbols("_c"),
+                           optimizations="basic")
+    lines = [f"{s} = {printer.doprint(e)}" for s, e in reps]
+    lines += [f"{target} = {printer.doprint(e)}" for (target, _), e in zip(nonzero, reduced)]
+    return lines
+
+
+def _function(name: str, args: str, doc: str, body: list[str]) -> str:
+    inner = textwrap.indent("\n".join([f'"""{doc}"""', *body]), "    ")
+    return f"@_jit\ndef {name}({args}):\n{inner}\n"
+
+
+@dataclass(frozen=True)
+class Derivatives:
+    """The symbolic quantities a compiled model needs, in local-variable form."""
+
+    f: sp.Matrix
+    J: sp.Matrix
+    dfdp: sp.Matrix
+    h: sp.Matrix
+    dhdx: sp.Matrix
+    dhdp: sp.Matrix
+    x0: sp.Matrix
+    dx0dp: sp.Matrix
+    tau: sp.Matrix
+    dtaudp: sp.Matrix
+
+
+def derive(model: Model, syms: _Symbols) -> Derivatives:
+    """Symbolic right-hand side, Jacobians and parameter derivatives of ``model``."""
+    rhs = model.rhs(expand=True)
+    f = sp.Matrix([rhs[n].xreplace(syms.sub) for n in model.states])
+    X, P = sp.Matrix(syms.x), sp.Matrix(syms.p)
+    h = sp.Matrix([syms.local(o.expr) for o in model.observables.values()])
+    x0 = sp.Matrix([syms.local(s.initial) for s in model.states.values()])
+    tau = sp.Matrix([syms.local(s.at) for s in model.switches.values()])
+
+    def jac(v: sp.Matrix, wrt: sp.Matrix) -> sp.Matrix:
+        if v.rows == 0 or wrt.rows == 0:
+            return sp.zeros(v.rows, wrt.rows)
+        return v.jacobian(wrt)
+
+    return Derivatives(f, jac(f, X), jac(f, P), h, jac(h, X), jac(h, P), x0, jac(x0, P), tau,
+                       jac(tau, P))
+
+
+def generate_source(model: Model, header: str, use_numba: bool) -> str:
+    """The full text of the generated module for ``model``."""
+    syms = _Symbols(model)
+    d = derive(model, syms)
+    n, npar, no, ns = len(model.states), len(model.parameters), len(model.observables), len(
+        model.switches)
+    unpack_all = syms.unpack("yps")
+
+    def vec(name: str, m: sp.Matrix) -> list[tuple[str, sp.Expr]]:
+        return [(f"{name}[{i}]", m[i]) for i in range(m.rows)]
+
+    def mat(name: str, m: sp.Matrix) -> list[tuple[str, sp.Expr]]:
+        return [(f"{name}[{i}, {j}]", m[i, j]) for i in range(m.rows) for j in range(m.cols)]
+
+    funcs: list[str] = []
+    funcs.append(_function("rhs", "y, t, p, sw", "dx/dt, shape (n,).",
+                           [*unpack_all, f"out = np.zeros({n})", *_block(vec("out", d.f)),
+                            "return out"]))
+    funcs.append(_function("jac", "y, t, p, sw", "df/dx, shape (n, n).",
+                           [*unpack_all, f"out = np.zeros(({n}, {n}))",
+                            *_block(mat("out", d.J)), "return out"]))
+    funcs.append(_function("dfdp", "y, t, p, sw", "df/dp, shape (n, np).",
+                           [*unpack_all, f"out = np.zeros(({n}, {npar}))",
+                            *_block(mat("out", d.dfdp)), "return out"]))
+    funcs.append(_function(
+        "sens_rhs", "y, t, p, sw, pidx",
+        "Augmented RHS [f, J s_j + df/dp_j]; directions beyond len(pidx) are initial values.",
+        [*unpack_all,
+         f"f = np.zeros({n})", f"J = np.zeros(({n}, {n}))", f"D = np.zeros(({n}, {npar}))",
+         *_block(vec("f", d.f) + mat("J", d.J) + mat("D", d.dfdp)),
+         f"nsens = (y.shape[0] - {n}) // {n}",
+         f"S = y[{n}:].reshape((nsens, {n}))",
+         "out = np.empty(y.shape[0])",
+         f"out[:{n}] = f",
+         "Sdot = S @ J.T",
+         "for k in range(pidx.shape[0]):",
+         f"    for i in range({n}):",
+         "        Sdot[k, i] += D[i, pidx[k]]",
+         f"out[{n}:] = Sdot.ravel()",
+         "return out"]))
+    funcs.append(_function(
+        "sens_jac_banded", "y, t, p, sw, pidx",
+        "Block-diagonal Jacobian of the augmented system in LSODA banded layout "
+        f"(ml = mu = {n - 1}); the coupling d(J s)/dx is left out, as in CVODES.",
+        [*unpack_all, f"J = np.zeros(({n}, {n}))", *_block(mat("J", d.J)),
+         f"nblocks = y.shape[0] // {n}",
+         f"out = np.zeros(({2 * n - 1}, y.shape[0]))",
+         "for b in range(nblocks):",
+         f"    for a in range({n}):",
+         f"        for c in range({n}):",
+         f"            out[{n - 1} + a - c, b * {n} + c] = J[a, c]",
+         "return out"]))
+    funcs.append(_function("observables", "y, t, p, sw", "h(x, p), shape (no,).",
+                           [*unpack_all, f"out = np.zeros({no})", *_block(vec("out", d.h)),
+                            "return out"]))
+    funcs.append(_function("observables_dx", "y, t, p, sw", "dh/dx, shape (no, n).",
+                           [*unpack_all, f"out = np.zeros(({no}, {n}))",
+                            *_block(mat("out", d.dhdx)), "return out"]))
+    funcs.append(_function("observables_dp", "y, t, p, sw", "dh/dp, shape (no, np).",
+                           [*unpack_all, f"out = np.zeros(({no}, {npar}))",
+                            *_block(mat("out", d.dhdp)), "return out"]))
+    funcs.append(_function("observe_all", "Y, T, p, SW", "Observables at every row, (nt, no).",
+                           [f"out = np.zeros((Y.shape[0], {no}))",
+                            "for r in range(Y.shape[0]):",
+                            "    out[r, :] = observables(Y[r], T[r], p, SW[r])",
+                            "return out"]))
+    unpack_p = syms.unpack("p")
+    funcs.append(_function("initial", "p", "x(t0), shape (n,).",
+                           [*unpack_p, f"out = np.zeros({n})", *_block(vec("out", d.x0)),
+                            "return out"]))
+    funcs.append(_function("initial_dp", "p", "dx(t0)/dp, shape (n, np).",
+                           [*unpack_p, f"out = np.zeros(({n}, {npar}))",
+                            *_block(mat("out", d.dx0dp)), "return out"]))
+    funcs.append(_function("switch_times", "p", "Switch times, shape (ns,).",
+                           [*unpack_p, f"out = np.zeros({ns})", *_block(vec("out", d.tau)),
+                            "return out"]))
+    funcs.append(_function("switch_times_dp", "p", "d(switch time)/dp, shape (ns, np).",
+                           [*unpack_p, f"out = np.zeros(({ns}, {npar}))",
+                            *_block(mat("out", d.dtaudp)), "return out"]))
+
+    if use_numba:
+        jit = ("from numba import njit\n\n"
+               "_jit = njit(cache=True, error_model='numpy', nogil=True)\n")
+    else:
+        jit = "\ndef _jit(func):\n    return func\n"
+    preamble = (f"{header}\n# flake8: noqa\n# ruff: noqa\nimport math\n\nimport numpy as np\n"
+                f"{jit}\n"
+                f"N_STATES = {n}\nN_PARAMETERS = {npar}\nN_OBSERVABLES = {no}\n"
+                f"N_SWITCHES = {ns}\n"
+                f"STATES = {list(model.states)!r}\nPARAMETERS = {list(model.parameters)!r}\n"
+                f"OBSERVABLES = {list(model.observables)!r}\n"
+                f"SWITCHES = {list(model.switches)!r}\n")
+    return preamble + HELPERS + "\n\n" + "\n\n".join(funcs)

@@ -1,0 +1,390 @@
+"""Integrate a compiled model through bolus doses and switch times.
+
+Integration restarts at every dose and every switch time. A state at a dose time is the
+value *after* the dose (right-continuous), as in NONMEM when the dose record comes first.
+Forward sensitivities are integrated with the states; at a switch time ``tau(p)`` they
+jump by ``(f_before - f_after) * dtau/dp`` (the states are continuous there).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy.integrate import odeint, solve_ivp
+
+from pkpd_cart.compile import CompiledModel
+from pkpd_cart.errors import InputError, SimulationError
+from pkpd_cart.modelling import Model
+
+ODEINT_METHODS = ("LSODA",)
+SOLVE_IVP_METHODS = ("BDF", "Radau", "RK45", "DOP853")
+
+
+@dataclass(frozen=True)
+class Dose:
+    """A bolus dose: ``amount`` (in the target state's unit) added to ``target`` at ``time``."""
+
+    time: float
+    amount: float
+    target: str
+
+    def __post_init__(self) -> None:
+        for attr in ("time", "amount"):
+            value = getattr(self, attr)
+            if not isinstance(value, (int, float, np.floating, np.integer)) or not math.isfinite(
+                value
+            ):
+                raise InputError(f"Dose {attr} {value!r} is not a finite number")
+        if not isinstance(self.target, str):
+            raise InputError(f"Dose target {self.target!r} is not a state name")
+
+
+@dataclass(frozen=True)
+class SolverOptions:
+    """Integrator settings.
+
+    Attributes
+    ----------
+    method : str
+        ``"LSODA"`` (scipy ``odeint``, stiff/non-stiff switching; default) or a
+        ``solve_ivp`` method: ``"BDF"``, ``"Radau"``, ``"RK45"``, ``"DOP853"``.
+    rtol, atol : float
+        Relative and absolute tolerances (atol in state units).
+    max_steps : int
+        Maximum internal steps between two output times.
+    max_step : float
+        Largest step (time units); 0 means unlimited.
+    """
+
+    method: str = "LSODA"
+    rtol: float = 1e-8
+    atol: float = 1e-10
+    max_steps: int = 200_000
+    max_step: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.method not in ODEINT_METHODS + SOLVE_IVP_METHODS:
+            raise InputError(f"SolverOptions: unknown method {self.method!r}; choose one of "
+                             f"{', '.join(ODEINT_METHODS + SOLVE_IVP_METHODS)}")
+        if not (self.rtol > 0 and self.atol > 0):
+            raise InputError(f"SolverOptions: tolerances must be positive (rtol={self.rtol}, "
+                             f"atol={self.atol})")
+        if self.max_steps < 1 or self.max_step < 0:
+            raise InputError("SolverOptions: max_steps must be >= 1 and max_step >= 0")
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """A simulation's numbers.
+
+    Attributes
+    ----------
+    times : (nt,) array
+    states : (nt, n) array
+    observables : (nt, no) array
+    switch_flags : (nt, ns) array of 0/1
+    parameters : (np,) array, the values used
+    sensitivity_names : tuple of str
+        Parameter names and ``"<state>(0)"`` for initial values, in column order.
+    state_sensitivities : (nt, n, nsens) array or None
+        d state / d direction.
+    observable_sensitivities : (nt, no, nsens) array or None
+    """
+
+    model: Model = field(repr=False)
+    times: np.ndarray
+    states: np.ndarray
+    observables: np.ndarray
+    switch_flags: np.ndarray
+    parameters: np.ndarray
+    sensitivity_names: tuple[str, ...] = ()
+    state_sensitivities: np.ndarray | None = None
+    observable_sensitivities: np.ndarray | None = None
+
+    def to_frame(self) -> pd.DataFrame:
+        """``time``, states, observables, then ``d(output)/d(name)`` columns if computed."""
+        cols: dict[str, np.ndarray] = {"time": self.times}
+        for i, name in enumerate(self.model.states):
+            cols[name] = self.states[:, i]
+        for i, name in enumerate(self.model.observables):
+            cols[name] = self.observables[:, i]
+        if self.state_sensitivities is not None:
+            assert self.observable_sensitivities is not None
+            for k, wrt in enumerate(self.sensitivity_names):
+                for i, name in enumerate(self.model.states):
+                    cols[f"d({name})/d({wrt})"] = self.state_sensitivities[:, i, k]
+                for i, name in enumerate(self.model.observables):
+                    cols[f"d({name})/d({wrt})"] = self.observable_sensitivities[:, i, k]
+        return pd.DataFrame(cols)
+
+
+def _check_times(model: Model, times: Iterable[float]) -> np.ndarray:
+    arr = np.atleast_1d(np.asarray(times, dtype=float))
+    if arr.ndim != 1 or arr.size == 0:
+        raise InputError(f"model '{model.name}': times must be a non-empty 1-D sequence")
+    if not np.all(np.isfinite(arr)):
+        raise InputError(f"model '{model.name}': times contain non-finite values")
+    if np.any(np.diff(arr) < 0):
+        raise InputError(f"model '{model.name}': times must be sorted in increasing order")
+    return arr
+
+
+def _sensitivity_directions(
+    model: Model, sensitivities: bool | Iterable[str]
+) -> tuple[tuple[str, ...], np.ndarray, list[int]]:
+    """Names, parameter indices, and state indices of initial-value directions."""
+    if sensitivities is False:
+        return (), np.zeros(0, dtype=np.int64), []
+    names = list(model.parameters) if sensitivities is True else list(sensitivities)
+    pnames = list(model.parameters)
+    snames = list(model.states)
+    pidx, sidx, ordered = [], [], []
+    for name in names:  # parameters first, then initial values (the generated layout)
+        if name in model.parameters:
+            pidx.append(pnames.index(name))
+            ordered.append(name)
+    for name in names:
+        if name in model.parameters:
+            continue
+        if name.endswith("(0)") and name[:-3] in model.states:
+            sidx.append(snames.index(name[:-3]))
+            ordered.append(name)
+        else:
+            raise InputError(f"model '{model.name}': cannot take a sensitivity with respect "
+                             f"to '{name}' (not a parameter or '<state>(0)')")
+    return tuple(ordered), np.asarray(pidx, dtype=np.int64), sidx
+
+
+class _Integrator:
+    """One run: integrates segment by segment and collects outputs."""
+
+    def __init__(self, compiled: CompiledModel, p: np.ndarray, options: SolverOptions,
+                 pidx: np.ndarray, n_sens: int):
+        self.c = compiled
+        self.model = compiled.model
+        self.p = p
+        self.options = options
+        self.pidx = pidx
+        self.n = len(self.model.states)
+        self.n_sens = n_sens
+
+    def fail(self, time: float, reason: str) -> SimulationError:
+        return SimulationError(self.model.name, time, dict(zip(self.model.parameters, self.p)),
+                               reason)
+
+    def segment(self, y0: np.ndarray, grid: np.ndarray, sw: np.ndarray) -> np.ndarray:
+        """Integrate from grid[0] over grid; returns (len(grid), len(y0))."""
+        o = self.options
+        c = self.c
+        sens = self.n_sens > 0
+        func = c.sens_rhs if sens else c.rhs
+        args = (self.p, sw, self.pidx) if sens else (self.p, sw)
+        try:
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if o.method == "LSODA":
+                    band = {"ml": self.n - 1, "mu": self.n - 1} if sens else {}
+                    Y, info = odeint(
+                        func, y0, grid, args=args, Dfun=c.sens_jac_banded if sens else c.jac,
+                        rtol=o.rtol, atol=o.atol, mxstep=o.max_steps, hmax=o.max_step,
+                        full_output=True, printmessg=False, **band,
+                    )
+                    if info["message"] != "Integration successful.":
+                        reached = float(np.max(info["tcur"])) if len(info["tcur"]) else grid[0]
+                        raise self.fail(reached, f"LSODA: {info['message']}")
+                else:
+                    Y = self._solve_ivp(func, args, y0, grid, sw)
+        except SimulationError:
+            raise
+        except (ArithmeticError, ValueError, FloatingPointError) as exc:
+            raise self.fail(grid[0], f"{type(exc).__name__} in the model equations: {exc}"
+                            ) from None
+        if not np.all(np.isfinite(Y)):
+            bad = int(np.argmax(~np.all(np.isfinite(Y), axis=1)))
+            raise self.fail(grid[bad], "non-finite state values")
+        return Y
+
+    def _solve_ivp(self, func, args, y0, grid, sw) -> np.ndarray:
+        o = self.options
+        c = self.c
+        n = self.n
+        nblocks = len(y0) // n
+
+        def jac(t, y):
+            J = c.jac(y[:n], t, self.p, sw)
+            return J if nblocks == 1 else np.kron(np.eye(nblocks), J)
+
+        sol = solve_ivp(
+            lambda t, y: func(y, t, *args), (grid[0], grid[-1]), y0, method=o.method,
+            t_eval=grid, rtol=o.rtol, atol=o.atol, jac=jac if o.method in ("BDF", "Radau")
+            else None, max_step=o.max_step or np.inf,
+        )
+        if not sol.success:
+            raise self.fail(float(sol.t[-1]) if sol.t.size else grid[0],
+                            f"{o.method}: {sol.message}")
+        return sol.y.T
+
+    def switch_jump(self, y: np.ndarray, t: float, sw_old: np.ndarray, sw_new: np.ndarray,
+                    k: int) -> np.ndarray:
+        """Sensitivity jump when switch ``k`` flips at t = tau_k(p)."""
+        if self.n_sens == 0:
+            return y
+        n = self.n
+        x = y[:n]
+        df = self.c.rhs(x, t, self.p, sw_old) - self.c.rhs(x, t, self.p, sw_new)
+        dtau = self.c.switch_times_dp(self.p)[k]
+        y = y.copy()
+        for j, pj in enumerate(self.pidx):
+            y[n * (1 + j): n * (2 + j)] += df * dtau[pj]
+        return y
+
+
+def simulate(
+    model: Model,
+    times: Iterable[float],
+    params: str | Mapping[str, float] | pd.Series | np.ndarray | None = None,
+    doses: Iterable[Dose] = (),
+    initial: Mapping[str, float] | None = None,
+    options: SolverOptions | None = None,
+    sensitivities: bool | Iterable[str] = False,
+    backend: str | None = None,
+    t0: float | None = None,
+    compiled: CompiledModel | None = None,
+) -> Trajectory:
+    """Simulate ``model``; see :meth:`pkpd_cart.Model.simulate` for the arguments.
+
+    ``params`` may also be a full parameter vector (in ``model.parameters`` order).
+    """
+    options = options or SolverOptions()
+    compiled = compiled or model.compile(backend)
+    times = _check_times(model, times)
+    if isinstance(params, np.ndarray):
+        p = np.asarray(params, dtype=float)
+        if p.shape != (len(model.parameters),):
+            raise InputError(f"model '{model.name}': parameter vector has shape {p.shape}, "
+                             f"expected ({len(model.parameters)},)")
+    else:
+        p = model.resolve_parameters(params)
+    doses = sorted(doses, key=lambda d: d.time)
+    for d in doses:
+        if d.target not in model.states:
+            raise InputError(f"model '{model.name}': dose target '{d.target}' is not a state")
+        if d.target not in model.dose_targets:
+            raise InputError(f"model '{model.name}': state '{d.target}' is not a dose target "
+                             f"(dose targets: {', '.join(model.dose_targets) or 'none'})")
+    n = len(model.states)
+    names, pidx, sidx = _sensitivity_directions(model, sensitivities)
+    n_sens = len(names)
+
+    start = min([0.0, float(times[0])] + [d.time for d in doses]) if t0 is None else float(t0)
+    if times[0] < start:
+        raise InputError(f"model '{model.name}': first output time {times[0]:g} is before "
+                         f"t0={start:g}")
+    x0 = np.asarray(compiled.initial(p), dtype=float)
+    dx0 = np.asarray(compiled.initial_dp(p), dtype=float)
+    for name, value in (initial or {}).items():
+        if name not in model.states:
+            raise InputError(f"model '{model.name}': initial value given for unknown state "
+                             f"'{name}'")
+        i = list(model.states).index(name)
+        x0[i] = float(value)
+        dx0[i, :] = 0.0
+    y = np.empty(n * (1 + n_sens))
+    y[:n] = x0
+    for k, j in enumerate(pidx):
+        y[n * (1 + k): n * (2 + k)] = dx0[:, j]
+    for k, i in enumerate(sidx):
+        block = np.zeros(n)
+        block[i] = 1.0
+        y[n * (1 + len(pidx) + k): n * (2 + len(pidx) + k)] = block
+
+    tau = np.asarray(compiled.switch_times(p), dtype=float)
+    if not np.all(np.isfinite(tau)):
+        raise SimulationError(model.name, start, dict(zip(model.parameters, p)),
+                              "a switch time is not finite")
+    sw = (tau <= start).astype(float)
+    t_end = max(float(times[-1]), start)
+    run = _Integrator(compiled, p, options, pidx, n_sens)
+    state_index = {name: i for i, name in enumerate(model.states)}
+
+    def apply_events(y: np.ndarray, sw: np.ndarray, at: float) -> tuple[np.ndarray, np.ndarray]:
+        for k in np.flatnonzero((tau == at) & (sw == 0.0)):
+            new = sw.copy()
+            new[k] = 1.0
+            y = run.switch_jump(y, at, sw, new, k)
+            sw = new
+        for d in doses:
+            if d.time == at:
+                y = y.copy()
+                y[state_index[d.target]] += d.amount
+        return y, sw
+
+    out_y = np.empty((len(times), y.size))
+    out_sw = np.empty((len(times), len(tau)))
+    y, sw = apply_events(y, sw, start)
+    boundaries = sorted({d.time for d in doses if start < d.time <= t_end}
+                        | {float(v) for v in tau if start < v <= t_end} | {t_end})
+    current = start
+    for b in boundaries:
+        lo = np.searchsorted(times, current, side="left")
+        hi = np.searchsorted(times, b, side="left")  # outputs in [current, b)
+        grid = np.unique(np.concatenate(([current], times[lo:hi], [b])))
+        if b > current:
+            Y = run.segment(y, grid, sw)
+        else:
+            Y = np.repeat(y[None, :], len(grid), axis=0)
+        out_y[lo:hi] = Y[np.searchsorted(grid, times[lo:hi])]
+        out_sw[lo:hi] = sw
+        y = Y[-1]
+        y, sw = apply_events(y, sw, b)
+        current = b
+    at_end = np.searchsorted(times, t_end, side="left")
+    out_y[at_end:] = y
+    out_sw[at_end:] = sw
+
+    states = out_y[:, :n]
+    observables = compiled.observe_all(np.ascontiguousarray(states), times, p, out_sw)
+    state_sens = obs_sens = None
+    if n_sens:
+        state_sens = out_y[:, n:].reshape(len(times), n_sens, n).transpose(0, 2, 1).copy()
+        obs_sens = np.empty((len(times), len(model.observables), n_sens))
+        for r in range(len(times)):
+            dhdx = compiled.observables_dx(states[r], times[r], p, out_sw[r])
+            dhdp = compiled.observables_dp(states[r], times[r], p, out_sw[r])
+            obs_sens[r] = dhdx @ state_sens[r]
+            obs_sens[r, :, : len(pidx)] += dhdp[:, pidx]
+    return Trajectory(model, times, states, observables, out_sw, p, names, state_sens,
+                      obs_sens)
+
+
+def simulate_batch(
+    model: Model,
+    times: Iterable[float],
+    parameter_sets: pd.DataFrame,
+    doses: Iterable[Dose] = (),
+    options: SolverOptions | None = None,
+    backend: str | None = None,
+) -> pd.DataFrame:
+    """Simulate each row of ``parameter_sets`` (columns: any subset of parameter names).
+
+    Returns a long DataFrame: ``set`` (the row's index label), ``time``, states, observables.
+    """
+    compiled = model.compile(backend)
+    unknown = [c for c in parameter_sets.columns if c not in model.parameters]
+    if unknown:
+        raise InputError(f"model '{model.name}': parameter_sets has unknown column(s) "
+                         f"{', '.join(map(str, unknown))}")
+    doses = list(doses)
+    frames = []
+    for label, row in parameter_sets.iterrows():
+        traj = simulate(model, times, params=row.to_dict(), doses=doses, options=options,
+                        compiled=compiled)
+        frame = traj.to_frame()
+        frame.insert(0, "set", label)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
