@@ -190,12 +190,12 @@ class _Integrator:
                 if o.method == "LSODA":
                     band = {"ml": self.n - 1, "mu": self.n - 1} if sens else {}
                     Y, info = odeint(
-                        func, y0, grid, args=args, Dfun=c.sens_jac_banded if sens else c.jac,
+                        func, y0, grid, args=args, Dfun=c.sens_jac_banded if sens else c.jac_solver,
                         rtol=o.rtol, atol=o.atol, mxstep=o.max_steps, hmax=o.max_step,
                         full_output=True, printmessg=False, **band,
                     )
                     if info["message"] != "Integration successful.":
-                        reached = float(np.max(info["tcur"])) if len(info["tcur"]) else grid[0]
+                        reached = self._time_reached(func, y0, grid, args, band)
                         raise self.fail(reached, f"LSODA: {info['message']}")
                 else:
                     Y = self._solve_ivp(func, args, y0, grid, sw)
@@ -209,6 +209,21 @@ class _Integrator:
             raise self.fail(grid[bad], "non-finite state values")
         return Y
 
+    def _time_reached(self, func, y0, grid, args, band) -> float:
+        """Where LSODA gave up: rerun on a fine grid (only after a failure) and read tcur."""
+        o = self.options
+        fine = np.unique(np.concatenate((grid, np.linspace(grid[0], grid[-1], 2001))))
+        _, info = odeint(func, y0, fine, args=args, Dfun=self.c.sens_jac_banded if band
+                         else self.c.jac_solver, rtol=o.rtol, atol=o.atol, mxstep=o.max_steps,
+                         hmax=o.max_step, full_output=True, printmessg=False, **band)
+        # tcur[i] is the internal time reached for output i + 1; after the failure it holds
+        # garbage, so keep the prefix where it passed its output time.
+        tcur = np.asarray(info["tcur"], dtype=float)
+        tout = fine[1: 1 + len(tcur)]
+        good = np.isfinite(tcur) & (tcur >= tout) & (tcur <= 2 * abs(fine[-1]) + 1)
+        n_ok = len(good) if good.all() else int(np.argmin(good))
+        return float(tout[n_ok - 1]) if n_ok else float(grid[0])
+
     def _solve_ivp(self, func, args, y0, grid, sw) -> np.ndarray:
         o = self.options
         c = self.c
@@ -216,7 +231,7 @@ class _Integrator:
         nblocks = len(y0) // n
 
         def jac(t, y):
-            J = c.jac(y[:n], t, self.p, sw)
+            J = c.jac_solver(y[:n], t, self.p, sw)
             return J if nblocks == 1 else np.kron(np.eye(nblocks), J)
 
         sol = solve_ivp(
@@ -356,7 +371,7 @@ def simulate(
         for r in range(len(times)):
             dhdx = compiled.observables_dx(states[r], times[r], p, out_sw[r])
             dhdp = compiled.observables_dp(states[r], times[r], p, out_sw[r])
-            obs_sens[r] = dhdx @ state_sens[r]
+            obs_sens[r] = compiled._safe_product(np.ascontiguousarray(state_sens[r].T), dhdx).T
             obs_sens[r, :, : len(pidx)] += dhdp[:, pidx]
     return Trajectory(model, times, states, observables, out_sw, p, names, state_sens,
                       obs_sens)

@@ -21,7 +21,7 @@ from sympy.printing.pycode import PythonCodePrinter
 
 from pkpd_cart.modelling import Model, t
 
-CODEGEN_VERSION = "1"
+CODEGEN_VERSION = "3"
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,7 @@ class GeneratedFunction:
 GENERATED = (
     GeneratedFunction("rhs", "y, t, p, sw", "dx/dt, shape (n,)"),
     GeneratedFunction("jac", "y, t, p, sw", "df/dx, shape (n, n)"),
+    GeneratedFunction("jac_solver", "y, t, p, sw", "jac with non-finite entries set to 0"),
     GeneratedFunction("dfdp", "y, t, p, sw", "df/dp, shape (n, np)"),
     GeneratedFunction("sens_rhs", "y, t, p, sw, pidx", "augmented rhs [f, J s_j + df/dp_j]"),
     GeneratedFunction("sens_jac_banded", "y, t, p, sw, pidx",
@@ -49,6 +50,36 @@ GENERATED = (
 )
 
 
+class FPow(sp.Function):
+    """Real power ``b**e`` with a non-integer exponent, differentiated safely.
+
+    ``d/de b**e = b**e * log(b)`` is 0 * -inf = nan at ``b = 0`` when evaluated naively; its
+    limit (for e > 0) is 0, which :class:`FPowLog` returns.
+    """
+
+    def fdiff(self, argindex=1):
+        b, e = self.args
+        if argindex == 1:
+            return e * FPow(b, e - 1)
+        return FPowLog(b, e)
+
+
+class FPowLog(sp.Function):
+    """``b**e * log(b)``, with its limit 0 at ``b = 0``."""
+
+    def fdiff(self, argindex=1):
+        b, e = self.args
+        if argindex == 1:
+            return FPow(b, e - 1) * (e * sp.log(b) + 1)
+        return FPowLog(b, e) * sp.log(b)
+
+
+def real_powers(expr: sp.Expr) -> sp.Expr:
+    """Replace non-integer powers by :class:`FPow` so derivatives stay finite at 0."""
+    return expr.replace(lambda e: e.is_Pow and not e.exp.is_Integer,
+                        lambda e: FPow(e.base, e.exp))
+
+
 class _Printer(PythonCodePrinter):
     """Python printer whose output is also valid numba: no complex powers, no exceptions."""
 
@@ -61,6 +92,15 @@ class _Printer(PythonCodePrinter):
                 return f"(1.0/({self._print(base)})**{-int(exp)})"
             return f"({self._print(base)})**{int(exp)}"
         return f"_fpow({self._print(base)}, {self._print(exp)})"
+
+    def _print_FPow(self, expr):
+        return f"_fpow({self._print(expr.args[0])}, {self._print(expr.args[1])})"
+
+    def _print_FPowLog(self, expr):
+        return f"_fpowlog({self._print(expr.args[0])}, {self._print(expr.args[1])})"
+
+    def _print_log(self, expr):
+        return f"_log({self._print(expr.args[0])})"
 
     def _print_Heaviside(self, expr):
         return f"_heaviside({self._print(expr.args[0])})"
@@ -103,6 +143,52 @@ def _fpow(b, e):
 
 
 @_jit
+def _fpowlog(b, e):
+    """b**e * log(b), with its limit 0 at b = 0."""
+    if b == 0.0:
+        return 0.0
+    return _fpow(b, e) * _log(b)
+
+
+@_jit
+def _log(x):
+    """math.log that returns -inf at 0 and nan below (as numba and numpy do)."""
+    if x > 0.0:
+        return math.log(x)
+    if x == 0.0:
+        return -math.inf
+    return math.nan
+
+
+@_jit
+def _finite_or_zero(A):
+    """A copy of A with non-finite entries set to 0 (a Newton matrix must stay finite)."""
+    out = A.copy()
+    for i in range(A.shape[0]):
+        for j in range(A.shape[1]):
+            if not math.isfinite(A[i, j]):
+                out[i, j] = 0.0
+    return out
+
+
+@_jit
+def _safe_product(S, A):
+    """S @ A.T where an infinite A[i, j] times S[k, j] == 0 counts as 0.
+
+    An infinite Jacobian entry such as d(x**0.25)/dx at x = 0 meets a zero sensitivity at
+    the start of a run; the limit of the product along the trajectory is 0, not nan.
+    """
+    out = S @ _finite_or_zero(A).T
+    for i in range(A.shape[0]):
+        for j in range(A.shape[1]):
+            if not math.isfinite(A[i, j]):
+                for k in range(S.shape[0]):
+                    if S[k, j] != 0.0:
+                        out[k, i] += A[i, j] * S[k, j]
+    return out
+
+
+@_jit
 def _heaviside(x):
     return 1.0 if x > 0.0 else 0.0
 
@@ -135,7 +221,7 @@ class _Symbols:
         self.sub[t] = sp.Symbol("t", real=True)
 
     def local(self, expr: sp.Expr) -> sp.Expr:
-        return self.model.expand(expr).xreplace(self.sub)
+        return real_powers(self.model.expand(expr).xreplace(self.sub))
 
     def unpack(self, which: str) -> list[str]:
         lines = []
@@ -185,7 +271,7 @@ class Derivatives:
 def derive(model: Model, syms: _Symbols) -> Derivatives:
     """Symbolic right-hand side, Jacobians and parameter derivatives of ``model``."""
     rhs = model.rhs(expand=True)
-    f = sp.Matrix([rhs[n].xreplace(syms.sub) for n in model.states])
+    f = sp.Matrix([real_powers(rhs[n].xreplace(syms.sub)) for n in model.states])
     X, P = sp.Matrix(syms.x), sp.Matrix(syms.p)
     h = sp.Matrix([syms.local(o.expr) for o in model.observables.values()])
     x0 = sp.Matrix([syms.local(s.initial) for s in model.states.values()])
@@ -221,6 +307,9 @@ def generate_source(model: Model, header: str, use_numba: bool) -> str:
     funcs.append(_function("jac", "y, t, p, sw", "df/dx, shape (n, n).",
                            [*unpack_all, f"out = np.zeros(({n}, {n}))",
                             *_block(mat("out", d.J)), "return out"]))
+    funcs.append(_function("jac_solver", "y, t, p, sw",
+                           "df/dx for the integrator's Newton iteration (non-finite -> 0).",
+                           ["return _finite_or_zero(jac(y, t, p, sw))"]))
     funcs.append(_function("dfdp", "y, t, p, sw", "df/dp, shape (n, np).",
                            [*unpack_all, f"out = np.zeros(({n}, {npar}))",
                             *_block(mat("out", d.dfdp)), "return out"]))
@@ -234,7 +323,7 @@ def generate_source(model: Model, header: str, use_numba: bool) -> str:
          f"S = y[{n}:].reshape((nsens, {n}))",
          "out = np.empty(y.shape[0])",
          f"out[:{n}] = f",
-         "Sdot = S @ J.T",
+         "Sdot = _safe_product(S, J)",
          "for k in range(pidx.shape[0]):",
          f"    for i in range({n}):",
          "        Sdot[k, i] += D[i, pidx[k]]",
@@ -245,6 +334,7 @@ def generate_source(model: Model, header: str, use_numba: bool) -> str:
         "Block-diagonal Jacobian of the augmented system in LSODA banded layout "
         f"(ml = mu = {n - 1}); the coupling d(J s)/dx is left out, as in CVODES.",
         [*unpack_all, f"J = np.zeros(({n}, {n}))", *_block(mat("J", d.J)),
+         "J = _finite_or_zero(J)",
          f"nblocks = y.shape[0] // {n}",
          f"out = np.zeros(({2 * n - 1}, y.shape[0]))",
          "for b in range(nblocks):",

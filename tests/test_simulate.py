@@ -1,0 +1,92 @@
+"""Simulator against closed forms: repeated bolus doses, output ordering, batch, failures."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from helpers import BACKENDS, relative_error
+
+import pkpd_cart as pk
+
+DOSES = [pk.Dose(0.0, 100.0, "A"), pk.Dose(2.5, 50.0, "A"), pk.Dose(7.0, 80.0, "A")]
+
+
+def superposition(times, k, V):
+    c = np.zeros_like(times)
+    for d in DOSES:
+        after = times >= d.time
+        c[after] += d.amount / V * np.exp(-k * (times[after] - d.time))
+    return c
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_three_boluses_match_superposition(onecmt, backend):
+    times = np.linspace(0, 14, 141)
+    df = onecmt.simulate(times, doses=DOSES, backend=backend)
+    assert relative_error(df["C"], superposition(times, 0.3, 5.0)) < 1e-6
+
+
+@pytest.mark.parametrize("method", ["LSODA", "BDF", "Radau", "DOP853"])
+def test_every_method_matches_superposition(onecmt, method):
+    times = np.array([0.5, 2.5, 3.0, 7.0, 10.0])
+    opts = pk.SolverOptions(method=method, rtol=1e-10, atol=1e-12)
+    df = onecmt.simulate(times, doses=DOSES, options=opts)
+    assert relative_error(df["C"], superposition(times, 0.3, 5.0)) < 1e-6
+
+
+def test_value_at_dose_time_is_after_the_dose(onecmt):
+    df = onecmt.simulate([2.5], doses=DOSES)
+    before = 100 * np.exp(-0.3 * 2.5)
+    assert df["A"].iloc[0] == pytest.approx(before + 50.0, rel=1e-7)
+
+
+def test_duplicate_and_pre_dose_times(onecmt):
+    doses = [pk.Dose(1.0, 10.0, "A")]
+    df = onecmt.simulate([-1.0, 0.0, 1.0, 1.0, 2.0], doses=doses)
+    assert list(df["A"][:2]) == [0.0, 0.0]
+    assert df["A"].iloc[2] == df["A"].iloc[3] == pytest.approx(10.0)
+    assert df["A"].iloc[4] == pytest.approx(10 * np.exp(-0.3), rel=1e-7)
+
+
+def test_parameters_by_mapping_and_initial_override(onecmt):
+    df = onecmt.simulate([0, 1], params={"k": 1.0}, initial={"A": 2.0})
+    assert df["A"].iloc[1] == pytest.approx(2 * np.exp(-1.0), rel=1e-7)
+
+
+def test_batch_equals_one_by_one(onecmt):
+    sets = pd.DataFrame({"k": [0.1, 0.2, 0.5]}, index=["a", "b", "c"])
+    times = [0.0, 1.0, 5.0]
+    batch = onecmt.simulate_batch(times, sets, doses=DOSES[:1])
+    assert list(batch["set"].unique()) == ["a", "b", "c"]
+    for label, row in sets.iterrows():
+        one = onecmt.simulate(times, params=row.to_dict(), doses=DOSES[:1])
+        got = batch[batch["set"] == label].reset_index(drop=True).drop(columns="set")
+        pd.testing.assert_frame_equal(got, one, rtol=1e-12)
+
+
+def test_solver_failure_raises_simulation_error():
+    m = pk.ModelBuilder("blowup")
+    a = m.parameter("a", 1.0, source="test")
+    x = m.state("x", initial=1.0)
+    m.add_term(x, a * x**2)  # x = 1/(1 - a t) explodes at t = 1
+    model = m.build()
+    with pytest.raises(pk.SimulationError) as info:
+        model.simulate([0.0, 2.0])
+    err = info.value
+    assert err.model == "blowup"
+    assert 0.9 < err.time <= 1.0 + 1e-6
+    assert err.parameters == {"a": 1.0}
+    assert str(err).startswith("model 'blowup': solver failed at t=")
+    assert "(parameters: a=1)" in str(err)
+
+
+def test_bad_inputs_are_clear(onecmt):
+    with pytest.raises(pk.InputError, match="^model 'onecmt': times must be sorted"):
+        onecmt.simulate([1.0, 0.0])
+    with pytest.raises(pk.InputError, match="dose target 'B' is not a state"):
+        onecmt.simulate([1.0], doses=[pk.Dose(0, 1, "B")])
+    with pytest.raises(pk.ModelDefinitionError, match="unknown parameter 'kk'"):
+        onecmt.simulate([1.0], params={"kk": 1})
+    with pytest.raises(pk.InputError, match="unknown method 'euler'"):
+        pk.SolverOptions(method="euler")
+    with pytest.raises(pk.InputError, match="Dose amount nan is not a finite number"):
+        pk.Dose(0.0, float("nan"), "A")
