@@ -60,8 +60,10 @@ def published_sets() -> dict[str, dict[str, float]]:
     """The 36 published parameter vectors, keyed ``CR1`` .. ``NR12``."""
     path = Path(__file__).with_name("kirouac2023_parameters.csv")
     with path.open(newline="") as fh:
-        return {f"{row['group']}{row['patient']}": {k: float(row[k]) for k in PARAMETERS}
-                for row in csv.DictReader(fh)}
+        return {
+            f"{row['group']}{row['patient']}": {k: float(row[k]) for k in PARAMETERS}
+            for row in csv.DictReader(fh)
+        }
 
 
 def build() -> Model:
@@ -72,14 +74,33 @@ def build() -> Model:
         description="CAR-T memory/effector/exhausted phenotypes with an antigen-sensing toggle",
         reference="Kirouac DC et al. Nat Biotechnol 2023. doi:10.1038/s41587-023-01687-x",
     )
-    p = {name: m.parameter(name, cr1[name], unit, lower=0.0,
-                           upper=1.0 if name == "f_max" else float("inf"), scale="log",
-                           source=SOURCE, description=desc)
-         for name, (unit, desc) in PARAMETERS.items()}
-    B0 = m.parameter("B0", 1e10, "cells", source="Kirouac 2023 stored runs (ICbase)",
-                     description="initial B cells")
-    Ba0 = m.parameter("Ba0", 1e10, "cells", source="Kirouac 2023 stored runs (ICbase)",
-                      description="initial antigen signal")
+    p = {
+        name: m.parameter(
+            name,
+            cr1[name],
+            unit,
+            lower=0.0,
+            upper=1.0 if name == "f_max" else float("inf"),
+            scale="log",
+            source=SOURCE,
+            description=desc,
+        )
+        for name, (unit, desc) in PARAMETERS.items()
+    }
+    B0 = m.parameter(
+        "B0",
+        1e10,
+        "cells",
+        source="Kirouac 2023 stored runs (ICbase)",
+        description="initial B cells",
+    )
+    Ba0 = m.parameter(
+        "Ba0",
+        1e10,
+        "cells",
+        source="Kirouac 2023 stored runs (ICbase)",
+        description="initial antigen signal",
+    )
 
     Tm = m.state("Tm", "cells", description="memory CAR-T")
     Te1 = m.state("Te1", "cells", description="early effector CAR-T")
@@ -99,21 +120,36 @@ def build() -> Model:
     um, fmax, rm = p["um"], p["f_max"], p["rm"]
     ue, kex = p["ue"], p["kex"]
 
-    m.add_term(Tm, um * fmax * (1 - hM) * Tm_ - um * (1 - fmax * (1 - hM)) * Tm_ - p["dm"] * Tm_,
-               label="self-renewal, differentiation, death")
+    m.add_term(
+        Tm,
+        um * fmax * (1 - hM) * Tm_ - um * (1 - fmax * (1 - hM)) * Tm_ - p["dm"] * Tm_,
+        label="self-renewal, differentiation, death",
+    )
     m.add_term(Tm, p["fTm"] * doseX + rm * (1 - hR) * Te2, label="from dose; regeneration")
-    m.add_term(Te1, 2 * um * (1 - fmax * (1 - hM)) * Tm_ - ue * hE * Te1_ - p["de1"] * Te1_
-               + p["fTe1"] * doseX, label="from memory; proliferation; death")
-    m.add_term(Te2, ue * hE * Te1 * 2 ** p["N"] - kex * hX * Te2_ - p["de2"] * Te2_
-               + p["fTe2"] * doseX - rm * (1 - hR) * Te2,
-               label="clonal burst; exhaustion; death; regeneration")
+    m.add_term(
+        Te1,
+        2 * um * (1 - fmax * (1 - hM)) * Tm_ - ue * hE * Te1_ - p["de1"] * Te1_ + p["fTe1"] * doseX,
+        label="from memory; proliferation; death",
+    )
+    m.add_term(
+        Te2,
+        ue * hE * Te1 * 2 ** p["N"]
+        - kex * hX * Te2_
+        - p["de2"] * Te2_
+        + p["fTe2"] * doseX
+        - rm * (1 - hR) * Te2,
+        label="clonal burst; exhaustion; death; regeneration",
+    )
     m.add_term(Tx, kex * hX * Te2_ - p["dx"] * Tx_ + p["fTx"] * doseX, label="exhaustion; death")
     m.add_term(B, p["uB"] * B_ * (1 - B / p["Bmax"]), label="growth")
     m.add_term(B, -p["k_kill"] * B * hill(positive_part(Te2), p["TK50"], p["kt"]), label="kill")
     m.add_term(Ba, p["kb1"] * B - p["kb2"] * Ba, label="antigen signal turnover")
     m.add_term(dose, -p["f_loss"] * dose - dose, label="loss and distribution")
-    m.add_term(doseX, dose - (p["fTm"] + p["fTe1"] + p["fTe2"] + p["fTx"]) * doseX,
-               label="distribution into phenotypes")
+    m.add_term(
+        doseX,
+        dose - (p["fTm"] + p["fTe1"] + p["fTe2"] + p["fTx"]) * doseX,
+        label="distribution into phenotypes",
+    )
 
     m.observable("CAR_total", Tm + Te1 + Te2 + Tx, "cells", "total CAR-T cells")
     m.observable("B_cells", B, "cells", "CD19+ B cells")

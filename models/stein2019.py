@@ -29,18 +29,45 @@ def build() -> Model:
         "doi:10.1002/psp4.12388",
     )
     # Parameters (Table 1 typical values)
-    foldx = m.parameter("foldx", 3900, "1", lower=1, upper=1e7, source=TABLE1,
-                        description="fold expansion from R0 to Cmax")
-    Tmax = m.parameter("Tmax", 9.3, "d", lower=1, upper=60, source=TABLE1,
-                       description="time of peak expansion")
-    Cmax = m.parameter("Cmax", 24000, "copies/ug", upper=1e8, source=TABLE1,
-                       description="peak transgene level")
-    alpha = m.parameter("alpha", 0.16, "1/d", upper=10, source=TABLE1,
-                        description="contraction rate of effector cells after Tmax")
-    FB = m.parameter("FB", 0.0079, "1", upper=1, source=TABLE1,
-                     description="fraction of cells entering the memory (slow) phase")
-    beta = m.parameter("beta", 0.0032, "1/d", upper=10, source=TABLE1,
-                       description="persistence (slow decline) rate of memory cells")
+    foldx = m.parameter(
+        "foldx",
+        3900,
+        "1",
+        lower=1,
+        upper=1e7,
+        source=TABLE1,
+        description="fold expansion from R0 to Cmax",
+    )
+    Tmax = m.parameter(
+        "Tmax", 9.3, "d", lower=1, upper=60, source=TABLE1, description="time of peak expansion"
+    )
+    Cmax = m.parameter(
+        "Cmax", 24000, "copies/ug", upper=1e8, source=TABLE1, description="peak transgene level"
+    )
+    alpha = m.parameter(
+        "alpha",
+        0.16,
+        "1/d",
+        upper=10,
+        source=TABLE1,
+        description="contraction rate of effector cells after Tmax",
+    )
+    FB = m.parameter(
+        "FB",
+        0.0079,
+        "1",
+        upper=1,
+        source=TABLE1,
+        description="fraction of cells entering the memory (slow) phase",
+    )
+    beta = m.parameter(
+        "beta",
+        0.0032,
+        "1/d",
+        upper=10,
+        source=TABLE1,
+        description="persistence (slow decline) rate of memory cells",
+    )
 
     # Derived quantities (Stein 2019, Fig. 2 and Methods)
     rho = m.expression("rho", sp.log(foldx) / Tmax, "1/d", "expansion rate, ln(foldx)/Tmax")

@@ -55,6 +55,7 @@ def load_model(name_or_path: str | Path) -> Model:
         raise ModelDefinitionError(f"model module '{text}' has no build() function")
     model = build()
     if not isinstance(model, Model):
-        raise ModelDefinitionError(f"model module '{text}': build() returned "
-                                   f"{type(model).__name__}, not a Model")
+        raise ModelDefinitionError(
+            f"model module '{text}': build() returned {type(model).__name__}, not a Model"
+        )
     return model

@@ -196,8 +196,7 @@ def _validate_parameter(model: str, p: Parameter) -> None:
         )
     if p.scale == "log" and p.lower < 0:
         raise ModelDefinitionError(
-            f"model '{model}': parameter '{p.name}' has log scale but lower bound "
-            f"{p.lower:g} < 0"
+            f"model '{model}': parameter '{p.name}' has log scale but lower bound {p.lower:g} < 0"
         )
 
 
@@ -214,9 +213,7 @@ class ModelBuilder:
         Unit of the independent variable ``t`` (default ``"d"``).
     """
 
-    def __init__(
-        self, name: str, description: str = "", reference: str = "", time_unit: str = "d"
-    ):
+    def __init__(self, name: str, description: str = "", reference: str = "", time_unit: str = "d"):
         _check_name(name, "model", name)
         self.name = name
         self.description = description
@@ -269,8 +266,10 @@ class ModelBuilder:
         if lower is None:
             lower = 0.0 if (isinstance(value, (int, float)) and value > 0) else -math.inf
         if scale is None:
-            scale = "log" if (lower >= 0 and isinstance(value, (int, float)) and value > 0) else (
-                "linear"
+            scale = (
+                "log"
+                if (lower >= 0 and isinstance(value, (int, float)) and value > 0)
+                else ("linear")
             )
         p = Parameter(name, value, unit, lower, upper, scale, description, source)
         _validate_parameter(self.name, p)
@@ -292,8 +291,7 @@ class ModelBuilder:
             init = sp.sympify(initial)
         except (sp.SympifyError, TypeError) as exc:
             raise ModelDefinitionError(
-                f"model '{self.name}': initial value of state '{name}' is not an expression: "
-                f"{exc}"
+                f"model '{self.name}': initial value of state '{name}' is not an expression: {exc}"
             ) from None
         self._states[name] = State(name, unit, init, description, dose_target)
         self._terms.setdefault(name, [])
@@ -365,8 +363,13 @@ class ModelBuilder:
 
     def has(self, name: str) -> bool:
         """True when ``name`` is declared (parameter, state, expression, switch, observable)."""
-        tables = (self._parameters, self._states, self._expressions, self._switches,
-                  self._observables)
+        tables = (
+            self._parameters,
+            self._states,
+            self._expressions,
+            self._switches,
+            self._observables,
+        )
         return any(name in table for table in tables)
 
     # -- freezing ----------------------------------------------------------------------
@@ -410,8 +413,10 @@ class ModelBuilder:
                         f"model '{m}': parameter set '{set_name}' names unknown parameter '{k}'"
                     )
                 _validate_parameter(
-                    m, dataclasses.replace(self._parameters[k], value=v,
-                                           name=f"{k}' in set '{set_name}")
+                    m,
+                    dataclasses.replace(
+                        self._parameters[k], value=v, name=f"{k}' in set '{set_name}"
+                    ),
                 )
         defaults = {k: p.value for k, p in self._parameters.items()}
         rows = {"default": defaults}
@@ -529,9 +534,7 @@ class Model:
         else:
             for k, v in dict(params).items():
                 if k not in values:
-                    raise ModelDefinitionError(
-                        f"model '{self.name}': unknown parameter '{k}'"
-                    )
+                    raise ModelDefinitionError(f"model '{self.name}': unknown parameter '{k}'")
                 if not math.isfinite(float(v)):
                     raise ModelDefinitionError(
                         f"model '{self.name}': parameter '{k}' value {v} is not finite"
@@ -564,8 +567,9 @@ class Model:
                 raise ModelDefinitionError(f"model '{self.name}': unknown parameter '{k}'")
             _validate_parameter(
                 self.name,
-                dataclasses.replace(self.parameters[k], value=float(v),
-                                    name=f"{k}' in set '{name}"),
+                dataclasses.replace(
+                    self.parameters[k], value=float(v), name=f"{k}' in set '{name}"
+                ),
             )
             row[k] = float(v)
         table.loc[name] = pd.Series(row)
@@ -620,8 +624,15 @@ class Model:
         from pkpd_cart.simulate import simulate
 
         return simulate(
-            self, times, params=params, doses=doses, initial=initial, options=options,
-            sensitivities=sensitivities, backend=backend, t0=t0,
+            self,
+            times,
+            params=params,
+            doses=doses,
+            initial=initial,
+            options=options,
+            sensitivities=sensitivities,
+            backend=backend,
+            t0=t0,
         ).to_frame()
 
     def simulate_batch(
@@ -635,8 +646,9 @@ class Model:
         """Simulate every row of ``parameter_sets``; long DataFrame with a ``set`` column."""
         from pkpd_cart.simulate import simulate_batch
 
-        return simulate_batch(self, times, parameter_sets, doses=doses, options=options,
-                              backend=backend)
+        return simulate_batch(
+            self, times, parameter_sets, doses=doses, options=options, backend=backend
+        )
 
 
 def compose(builder: ModelBuilder, *blocks: Callable[[ModelBuilder], Any]) -> ModelBuilder:

@@ -69,11 +69,14 @@ class SolverOptions:
 
     def __post_init__(self) -> None:
         if self.method not in ODEINT_METHODS + SOLVE_IVP_METHODS:
-            raise InputError(f"SolverOptions: unknown method {self.method!r}; choose one of "
-                             f"{', '.join(ODEINT_METHODS + SOLVE_IVP_METHODS)}")
+            raise InputError(
+                f"SolverOptions: unknown method {self.method!r}; choose one of "
+                f"{', '.join(ODEINT_METHODS + SOLVE_IVP_METHODS)}"
+            )
         if not (self.rtol > 0 and self.atol > 0):
-            raise InputError(f"SolverOptions: tolerances must be positive (rtol={self.rtol}, "
-                             f"atol={self.atol})")
+            raise InputError(
+                f"SolverOptions: tolerances must be positive (rtol={self.rtol}, atol={self.atol})"
+            )
         if self.max_steps < 1 or self.max_step < 0:
             raise InputError("SolverOptions: max_steps must be >= 1 and max_step >= 0")
 
@@ -155,16 +158,24 @@ def _sensitivity_directions(
             sidx.append(snames.index(name[:-3]))
             ordered.append(name)
         else:
-            raise InputError(f"model '{model.name}': cannot take a sensitivity with respect "
-                             f"to '{name}' (not a parameter or '<state>(0)')")
+            raise InputError(
+                f"model '{model.name}': cannot take a sensitivity with respect "
+                f"to '{name}' (not a parameter or '<state>(0)')"
+            )
     return tuple(ordered), np.asarray(pidx, dtype=np.int64), sidx
 
 
 class _Integrator:
     """One run: integrates segment by segment and collects outputs."""
 
-    def __init__(self, compiled: CompiledModel, p: np.ndarray, options: SolverOptions,
-                 pidx: np.ndarray, n_sens: int):
+    def __init__(
+        self,
+        compiled: CompiledModel,
+        p: np.ndarray,
+        options: SolverOptions,
+        pidx: np.ndarray,
+        n_sens: int,
+    ):
         self.c = compiled
         self.model = compiled.model
         self.p = p
@@ -174,8 +185,9 @@ class _Integrator:
         self.n_sens = n_sens
 
     def fail(self, time: float, reason: str) -> SimulationError:
-        return SimulationError(self.model.name, time, dict(zip(self.model.parameters, self.p)),
-                               reason)
+        return SimulationError(
+            self.model.name, time, dict(zip(self.model.parameters, self.p)), reason
+        )
 
     def segment(self, y0: np.ndarray, grid: np.ndarray, sw: np.ndarray) -> np.ndarray:
         """Integrate from grid[0] over grid; returns (len(grid), len(y0))."""
@@ -190,9 +202,18 @@ class _Integrator:
                 if o.method == "LSODA":
                     band = {"ml": self.n - 1, "mu": self.n - 1} if sens else {}
                     Y, info = odeint(
-                        func, y0, grid, args=args, Dfun=c.sens_jac_banded if sens else c.jac_solver,
-                        rtol=o.rtol, atol=o.atol, mxstep=o.max_steps, hmax=o.max_step,
-                        full_output=True, printmessg=False, **band,
+                        func,
+                        y0,
+                        grid,
+                        args=args,
+                        Dfun=c.sens_jac_banded if sens else c.jac_solver,
+                        rtol=o.rtol,
+                        atol=o.atol,
+                        mxstep=o.max_steps,
+                        hmax=o.max_step,
+                        full_output=True,
+                        printmessg=False,
+                        **band,
                     )
                     if info["message"] != "Integration successful.":
                         reached = self._time_reached(func, y0, grid, args, band)
@@ -202,8 +223,9 @@ class _Integrator:
         except SimulationError:
             raise
         except (ArithmeticError, ValueError, FloatingPointError) as exc:
-            raise self.fail(grid[0], f"{type(exc).__name__} in the model equations: {exc}"
-                            ) from None
+            raise self.fail(
+                grid[0], f"{type(exc).__name__} in the model equations: {exc}"
+            ) from None
         if not np.all(np.isfinite(Y)):
             bad = int(np.argmax(~np.all(np.isfinite(Y), axis=1)))
             raise self.fail(grid[bad], "non-finite state values")
@@ -213,13 +235,24 @@ class _Integrator:
         """Where LSODA gave up: rerun on a fine grid (only after a failure) and read tcur."""
         o = self.options
         fine = np.unique(np.concatenate((grid, np.linspace(grid[0], grid[-1], 2001))))
-        _, info = odeint(func, y0, fine, args=args, Dfun=self.c.sens_jac_banded if band
-                         else self.c.jac_solver, rtol=o.rtol, atol=o.atol, mxstep=o.max_steps,
-                         hmax=o.max_step, full_output=True, printmessg=False, **band)
+        _, info = odeint(
+            func,
+            y0,
+            fine,
+            args=args,
+            Dfun=self.c.sens_jac_banded if band else self.c.jac_solver,
+            rtol=o.rtol,
+            atol=o.atol,
+            mxstep=o.max_steps,
+            hmax=o.max_step,
+            full_output=True,
+            printmessg=False,
+            **band,
+        )
         # tcur[i] is the internal time reached for output i + 1; after the failure it holds
         # garbage, so keep the prefix where it passed its output time.
         tcur = np.asarray(info["tcur"], dtype=float)
-        tout = fine[1: 1 + len(tcur)]
+        tout = fine[1 : 1 + len(tcur)]
         good = np.isfinite(tcur) & (tcur >= tout) & (tcur <= 2 * abs(fine[-1]) + 1)
         n_ok = len(good) if good.all() else int(np.argmin(good))
         return float(tout[n_ok - 1]) if n_ok else float(grid[0])
@@ -235,17 +268,25 @@ class _Integrator:
             return J if nblocks == 1 else np.kron(np.eye(nblocks), J)
 
         sol = solve_ivp(
-            lambda t, y: func(y, t, *args), (grid[0], grid[-1]), y0, method=o.method,
-            t_eval=grid, rtol=o.rtol, atol=o.atol, jac=jac if o.method in ("BDF", "Radau")
-            else None, max_step=o.max_step or np.inf,
+            lambda t, y: func(y, t, *args),
+            (grid[0], grid[-1]),
+            y0,
+            method=o.method,
+            t_eval=grid,
+            rtol=o.rtol,
+            atol=o.atol,
+            jac=jac if o.method in ("BDF", "Radau") else None,
+            max_step=o.max_step or np.inf,
         )
         if not sol.success:
-            raise self.fail(float(sol.t[-1]) if sol.t.size else grid[0],
-                            f"{o.method}: {sol.message}")
+            raise self.fail(
+                float(sol.t[-1]) if sol.t.size else grid[0], f"{o.method}: {sol.message}"
+            )
         return sol.y.T
 
-    def switch_jump(self, y: np.ndarray, t: float, sw_old: np.ndarray, sw_new: np.ndarray,
-                    k: int) -> np.ndarray:
+    def switch_jump(
+        self, y: np.ndarray, t: float, sw_old: np.ndarray, sw_new: np.ndarray, k: int
+    ) -> np.ndarray:
         """Sensitivity jump when switch ``k`` flips at t = tau_k(p)."""
         if self.n_sens == 0:
             return y
@@ -255,7 +296,7 @@ class _Integrator:
         dtau = self.c.switch_times_dp(self.p)[k]
         y = y.copy()
         for j, pj in enumerate(self.pidx):
-            y[n * (1 + j): n * (2 + j)] += df * dtau[pj]
+            y[n * (1 + j) : n * (2 + j)] += df * dtau[pj]
         return y
 
 
@@ -281,8 +322,10 @@ def simulate(
     if isinstance(params, np.ndarray):
         p = np.asarray(params, dtype=float)
         if p.shape != (len(model.parameters),):
-            raise InputError(f"model '{model.name}': parameter vector has shape {p.shape}, "
-                             f"expected ({len(model.parameters)},)")
+            raise InputError(
+                f"model '{model.name}': parameter vector has shape {p.shape}, "
+                f"expected ({len(model.parameters)},)"
+            )
     else:
         p = model.resolve_parameters(params)
     doses = sorted(doses, key=lambda d: d.time)
@@ -290,38 +333,43 @@ def simulate(
         if d.target not in model.states:
             raise InputError(f"model '{model.name}': dose target '{d.target}' is not a state")
         if d.target not in model.dose_targets:
-            raise InputError(f"model '{model.name}': state '{d.target}' is not a dose target "
-                             f"(dose targets: {', '.join(model.dose_targets) or 'none'})")
+            raise InputError(
+                f"model '{model.name}': state '{d.target}' is not a dose target "
+                f"(dose targets: {', '.join(model.dose_targets) or 'none'})"
+            )
     n = len(model.states)
     names, pidx, sidx = _sensitivity_directions(model, sensitivities)
     n_sens = len(names)
 
     start = min([0.0, float(times[0])] + [d.time for d in doses]) if t0 is None else float(t0)
     if times[0] < start:
-        raise InputError(f"model '{model.name}': first output time {times[0]:g} is before "
-                         f"t0={start:g}")
+        raise InputError(
+            f"model '{model.name}': first output time {times[0]:g} is before t0={start:g}"
+        )
     x0 = np.asarray(compiled.initial(p), dtype=float)
     dx0 = np.asarray(compiled.initial_dp(p), dtype=float)
     for name, value in (initial or {}).items():
         if name not in model.states:
-            raise InputError(f"model '{model.name}': initial value given for unknown state "
-                             f"'{name}'")
+            raise InputError(
+                f"model '{model.name}': initial value given for unknown state '{name}'"
+            )
         i = list(model.states).index(name)
         x0[i] = float(value)
         dx0[i, :] = 0.0
     y = np.empty(n * (1 + n_sens))
     y[:n] = x0
     for k, j in enumerate(pidx):
-        y[n * (1 + k): n * (2 + k)] = dx0[:, j]
+        y[n * (1 + k) : n * (2 + k)] = dx0[:, j]
     for k, i in enumerate(sidx):
         block = np.zeros(n)
         block[i] = 1.0
-        y[n * (1 + len(pidx) + k): n * (2 + len(pidx) + k)] = block
+        y[n * (1 + len(pidx) + k) : n * (2 + len(pidx) + k)] = block
 
     tau = np.asarray(compiled.switch_times(p), dtype=float)
     if not np.all(np.isfinite(tau)):
-        raise SimulationError(model.name, start, dict(zip(model.parameters, p)),
-                              "a switch time is not finite")
+        raise SimulationError(
+            model.name, start, dict(zip(model.parameters, p)), "a switch time is not finite"
+        )
     sw = (tau <= start).astype(float)
     t_end = max(float(times[-1]), start)
     run = _Integrator(compiled, p, options, pidx, n_sens)
@@ -342,8 +390,11 @@ def simulate(
     out_y = np.empty((len(times), y.size))
     out_sw = np.empty((len(times), len(tau)))
     y, sw = apply_events(y, sw, start)
-    boundaries = sorted({d.time for d in doses if start < d.time <= t_end}
-                        | {float(v) for v in tau if start < v <= t_end} | {t_end})
+    boundaries = sorted(
+        {d.time for d in doses if start < d.time <= t_end}
+        | {float(v) for v in tau if start < v <= t_end}
+        | {t_end}
+    )
     current = start
     for b in boundaries:
         lo = np.searchsorted(times, current, side="left")
@@ -373,8 +424,7 @@ def simulate(
             dhdp = compiled.observables_dp(states[r], times[r], p, out_sw[r])
             obs_sens[r] = compiled._safe_product(np.ascontiguousarray(state_sens[r].T), dhdx).T
             obs_sens[r, :, : len(pidx)] += dhdp[:, pidx]
-    return Trajectory(model, times, states, observables, out_sw, p, names, state_sens,
-                      obs_sens)
+    return Trajectory(model, times, states, observables, out_sw, p, names, state_sens, obs_sens)
 
 
 def simulate_batch(
@@ -392,13 +442,16 @@ def simulate_batch(
     compiled = model.compile(backend)
     unknown = [c for c in parameter_sets.columns if c not in model.parameters]
     if unknown:
-        raise InputError(f"model '{model.name}': parameter_sets has unknown column(s) "
-                         f"{', '.join(map(str, unknown))}")
+        raise InputError(
+            f"model '{model.name}': parameter_sets has unknown column(s) "
+            f"{', '.join(map(str, unknown))}"
+        )
     doses = list(doses)
     frames = []
     for label, row in parameter_sets.iterrows():
-        traj = simulate(model, times, params=row.to_dict(), doses=doses, options=options,
-                        compiled=compiled)
+        traj = simulate(
+            model, times, params=row.to_dict(), doses=doses, options=options, compiled=compiled
+        )
         frame = traj.to_frame()
         frame.insert(0, "set", label)
         frames.append(frame)

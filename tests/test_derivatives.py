@@ -17,12 +17,20 @@ def cases():
     kir = pk.load_model("kirouac2023")
     one = one_compartment()
     return {
-        "onecmt": (one, np.array([0.5, 1.0, 3.0, 8.0]), [pk.Dose(0, 100, "A"),
-                                                         pk.Dose(2, 50, "A")], TIGHT),
+        "onecmt": (
+            one,
+            np.array([0.5, 1.0, 3.0, 8.0]),
+            [pk.Dose(0, 100, "A"), pk.Dose(2, 50, "A")],
+            TIGHT,
+        ),
         # t = Tmax itself is a kink in p (left and right derivatives differ): not sampled
         "stein2019": (stein, np.array([2.0, 9.0, 9.5, 12.0, 28.0, 200.0]), [], TIGHT),
-        "kirouac2023": (kir, np.array([1.0, 7.0, 20.0, 60.0, 200.0]),
-                        [pk.Dose(0, 1e8, "dose")], TIGHT_CELLS),
+        "kirouac2023": (
+            kir,
+            np.array([1.0, 7.0, 20.0, 60.0, 200.0]),
+            [pk.Dose(0, 1e8, "dose")],
+            TIGHT_CELLS,
+        ),
     }
 
 
@@ -110,33 +118,43 @@ def test_forward_sensitivities_match_finite_differences(name):
     assert traj.sensitivity_names == tuple(wrt)
     for k in range(len(model.parameters)):
         fd_x, fd_h = fd_sensitivity(model, times, doses, p, k, opts=opts)
-        assert_close_columnwise(traj.state_sensitivities[:, :, k], fd_x, traj.states, p[k],
-                                opts.atol)
-        assert_close_columnwise(traj.observable_sensitivities[:, :, k], fd_h, traj.observables,
-                                p[k], opts.atol)
-    fd_x, fd_h = fd_sensitivity(model, times, doses, p, None, initial_state=first_state,
-                                opts=opts)
+        assert_close_columnwise(
+            traj.state_sensitivities[:, :, k], fd_x, traj.states, p[k], opts.atol
+        )
+        assert_close_columnwise(
+            traj.observable_sensitivities[:, :, k], fd_h, traj.observables, p[k], opts.atol
+        )
+    fd_x, fd_h = fd_sensitivity(model, times, doses, p, None, initial_state=first_state, opts=opts)
     x0 = model.compile().initial(p)[0]
-    assert_close_columnwise(traj.state_sensitivities[:, :, -1], fd_x, traj.states, max(x0, 1),
-                            opts.atol)
+    assert_close_columnwise(
+        traj.state_sensitivities[:, :, -1], fd_x, traj.states, max(x0, 1), opts.atol
+    )
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_backends_agree(name):
     model, times, doses, opts = CASES[name]
-    runs = [simulate(model, times, doses=doses, backend=b, sensitivities=True, options=opts)
-            for b in BACKENDS]
+    runs = [
+        simulate(model, times, doses=doses, backend=b, sensitivities=True, options=opts)
+        for b in BACKENDS
+    ]
     a, b = runs
-    np.testing.assert_allclose(a.states, b.states, rtol=1e-10,
-                               atol=1e-10 * np.max(np.abs(b.states)))
-    np.testing.assert_allclose(a.observable_sensitivities, b.observable_sensitivities,
-                               rtol=1e-10, atol=1e-10 * np.max(np.abs(b.observable_sensitivities)))
+    np.testing.assert_allclose(
+        a.states, b.states, rtol=1e-10, atol=1e-10 * np.max(np.abs(b.states))
+    )
+    np.testing.assert_allclose(
+        a.observable_sensitivities,
+        b.observable_sensitivities,
+        rtol=1e-10,
+        atol=1e-10 * np.max(np.abs(b.observable_sensitivities)),
+    )
     c_py, c_nb = model.compile("python"), model.compile("numba")
     x, sw, p = a.states[-1], a.switch_flags[-1], a.parameters
     for fn in ("rhs", "jac", "dfdp", "observables_dx", "observables_dp", "initial_dp"):
         args = (p,) if fn == "initial_dp" else (x, times[-1], p, sw)
-        np.testing.assert_allclose(getattr(c_py, fn)(*args), getattr(c_nb, fn)(*args),
-                                   rtol=1e-12, atol=1e-300)
+        np.testing.assert_allclose(
+            getattr(c_py, fn)(*args), getattr(c_nb, fn)(*args), rtol=1e-12, atol=1e-300
+        )
 
 
 def test_sensitivity_columns_in_frame(stein):
@@ -167,5 +185,6 @@ def test_stein_sensitivities_match_the_closed_form_derivative(stein):
         for k, s in enumerate(syms):
             exact = float(sp.diff(expr, s).subs(values).subs(tt, ti))
             got = traj.observable_sensitivities[r, 0, k]
-            assert got == pytest.approx(exact, rel=1e-6, abs=1e-9 * abs(float(
-                expr.subs(values).subs(tt, ti)))), (ti, names[k])
+            assert got == pytest.approx(
+                exact, rel=1e-6, abs=1e-9 * abs(float(expr.subs(values).subs(tt, ti)))
+            ), (ti, names[k])

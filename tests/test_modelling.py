@@ -83,28 +83,50 @@ def test_hill_max_piecewise_and_fractional_power_compile():
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda m, k, x: m.add_term(x, -sp.Symbol("kk", real=True) * x),
-         "model 'demo': undefined symbol(s) kk in the equation of state 'x'"),
-        (lambda m, k, x: m.state("z"),
-         "model 'demo': state 'z' has no equation (add a term, or 0 for a constant state)"),
-        (lambda m, k, x: m.parameter("x", 1.0),
-         "model 'demo': duplicate name 'x' (parameter clashes with an existing state)"),
-        (lambda m, k, x: m.parameter("q", float("nan")),
-         "model 'demo': parameter 'q' value nan is not finite"),
-        (lambda m, k, x: m.parameter("q", 5.0, lower=0, upper=1),
-         "model 'demo': parameter 'q' value 5 is outside its bounds [0, 1]"),
-        (lambda m, k, x: m.parameter("q", float("inf")),
-         "model 'demo': parameter 'q' value inf is not finite"),
-        (lambda m, k, x: m.parameter("2q", 1.0),
-         "model 'demo': parameter name '2q' is not a valid identifier"),
-        (lambda m, k, x: m.add_term("nope", 1),
-         "model 'demo': cannot add a term to 'nope', which is not a state"),
-        (lambda m, k, x: m.observable("o", x * sp.Symbol("w", real=True)),
-         "model 'demo': undefined symbol(s) w in observable 'o'"),
-        (lambda m, k, x: m.parameter_set("s1", {"zz": 1.0}),
-         "model 'demo': parameter set 's1' names unknown parameter 'zz'"),
-        (lambda m, k, x: m.parameter_set("s1", {"k": -1.0}),
-         "model 'demo': parameter 'k' in set 's1' value -1 is outside its bounds [0, inf]"),
+        (
+            lambda m, k, x: m.add_term(x, -sp.Symbol("kk", real=True) * x),
+            "model 'demo': undefined symbol(s) kk in the equation of state 'x'",
+        ),
+        (
+            lambda m, k, x: m.state("z"),
+            "model 'demo': state 'z' has no equation (add a term, or 0 for a constant state)",
+        ),
+        (
+            lambda m, k, x: m.parameter("x", 1.0),
+            "model 'demo': duplicate name 'x' (parameter clashes with an existing state)",
+        ),
+        (
+            lambda m, k, x: m.parameter("q", float("nan")),
+            "model 'demo': parameter 'q' value nan is not finite",
+        ),
+        (
+            lambda m, k, x: m.parameter("q", 5.0, lower=0, upper=1),
+            "model 'demo': parameter 'q' value 5 is outside its bounds [0, 1]",
+        ),
+        (
+            lambda m, k, x: m.parameter("q", float("inf")),
+            "model 'demo': parameter 'q' value inf is not finite",
+        ),
+        (
+            lambda m, k, x: m.parameter("2q", 1.0),
+            "model 'demo': parameter name '2q' is not a valid identifier",
+        ),
+        (
+            lambda m, k, x: m.add_term("nope", 1),
+            "model 'demo': cannot add a term to 'nope', which is not a state",
+        ),
+        (
+            lambda m, k, x: m.observable("o", x * sp.Symbol("w", real=True)),
+            "model 'demo': undefined symbol(s) w in observable 'o'",
+        ),
+        (
+            lambda m, k, x: m.parameter_set("s1", {"zz": 1.0}),
+            "model 'demo': parameter set 's1' names unknown parameter 'zz'",
+        ),
+        (
+            lambda m, k, x: m.parameter_set("s1", {"k": -1.0}),
+            "model 'demo': parameter 'k' in set 's1' value -1 is outside its bounds [0, inf]",
+        ),
     ],
 )
 def test_validation_errors_are_one_clear_line(edit, message):

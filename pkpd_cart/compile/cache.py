@@ -30,8 +30,11 @@ def cache_dir() -> Path:
 
 
 def versions(backend: str) -> str:
-    parts = [f"codegen={CODEGEN_VERSION}", f"sympy={sympy.__version__}",
-             f"python={sys.version_info.major}.{sys.version_info.minor}"]
+    parts = [
+        f"codegen={CODEGEN_VERSION}",
+        f"sympy={sympy.__version__}",
+        f"python={sys.version_info.major}.{sys.version_info.minor}",
+    ]
     if backend == "numba":
         import numba
 

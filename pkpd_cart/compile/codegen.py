@@ -37,8 +37,11 @@ GENERATED = (
     GeneratedFunction("jac_solver", "y, t, p, sw", "jac with non-finite entries set to 0"),
     GeneratedFunction("dfdp", "y, t, p, sw", "df/dp, shape (n, np)"),
     GeneratedFunction("sens_rhs", "y, t, p, sw, pidx", "augmented rhs [f, J s_j + df/dp_j]"),
-    GeneratedFunction("sens_jac_banded", "y, t, p, sw, pidx",
-                      "block-diagonal Jacobian of the augmented system, LSODA banded layout"),
+    GeneratedFunction(
+        "sens_jac_banded",
+        "y, t, p, sw, pidx",
+        "block-diagonal Jacobian of the augmented system, LSODA banded layout",
+    ),
     GeneratedFunction("observables", "y, t, p, sw", "h(x, p), shape (no,)"),
     GeneratedFunction("observables_dx", "y, t, p, sw", "dh/dx, shape (no, n)"),
     GeneratedFunction("observables_dp", "y, t, p, sw", "dh/dp, shape (no, np)"),
@@ -76,8 +79,7 @@ class FPowLog(sp.Function):
 
 def real_powers(expr: sp.Expr) -> sp.Expr:
     """Replace non-integer powers by :class:`FPow` so derivatives stay finite at 0."""
-    return expr.replace(lambda e: e.is_Pow and not e.exp.is_Integer,
-                        lambda e: FPow(e.base, e.exp))
+    return expr.replace(lambda e: e.is_Pow and not e.exp.is_Integer, lambda e: FPow(e.base, e.exp))
 
 
 class _Printer(PythonCodePrinter):
@@ -240,8 +242,9 @@ def _block(outputs: list[tuple[str, sp.Expr]]) -> list[str]:
     nonzero = [(target, e) for target, e in outputs if e != 0]
     if not nonzero:
         return []
-    reps, reduced = sp.cse([e for _, e in nonzero], symbols=sp.numbered_symbols("_c"),
-                           optimizations="basic")
+    reps, reduced = sp.cse(
+        [e for _, e in nonzero], symbols=sp.numbered_symbols("_c"), optimizations="basic"
+    )
     lines = [f"{s} = {printer.doprint(e)}" for s, e in reps]
     lines += [f"{target} = {printer.doprint(e)}" for (target, _), e in zip(nonzero, reduced)]
     return lines
@@ -282,16 +285,21 @@ def derive(model: Model, syms: _Symbols) -> Derivatives:
             return sp.zeros(v.rows, wrt.rows)
         return v.jacobian(wrt)
 
-    return Derivatives(f, jac(f, X), jac(f, P), h, jac(h, X), jac(h, P), x0, jac(x0, P), tau,
-                       jac(tau, P))
+    return Derivatives(
+        f, jac(f, X), jac(f, P), h, jac(h, X), jac(h, P), x0, jac(x0, P), tau, jac(tau, P)
+    )
 
 
 def generate_source(model: Model, header: str, use_numba: bool) -> str:
     """The full text of the generated module for ``model``."""
     syms = _Symbols(model)
     d = derive(model, syms)
-    n, npar, no, ns = len(model.states), len(model.parameters), len(model.observables), len(
-        model.switches)
+    n, npar, no, ns = (
+        len(model.states),
+        len(model.parameters),
+        len(model.observables),
+        len(model.switches),
+    )
     unpack_all = syms.unpack("yps")
 
     def vec(name: str, m: sp.Matrix) -> list[tuple[str, sp.Expr]]:
@@ -301,85 +309,190 @@ def generate_source(model: Model, header: str, use_numba: bool) -> str:
         return [(f"{name}[{i}, {j}]", m[i, j]) for i in range(m.rows) for j in range(m.cols)]
 
     funcs: list[str] = []
-    funcs.append(_function("rhs", "y, t, p, sw", "dx/dt, shape (n,).",
-                           [*unpack_all, f"out = np.zeros({n})", *_block(vec("out", d.f)),
-                            "return out"]))
-    funcs.append(_function("jac", "y, t, p, sw", "df/dx, shape (n, n).",
-                           [*unpack_all, f"out = np.zeros(({n}, {n}))",
-                            *_block(mat("out", d.J)), "return out"]))
-    funcs.append(_function("jac_solver", "y, t, p, sw",
-                           "df/dx for the integrator's Newton iteration (non-finite -> 0).",
-                           ["return _finite_or_zero(jac(y, t, p, sw))"]))
-    funcs.append(_function("dfdp", "y, t, p, sw", "df/dp, shape (n, np).",
-                           [*unpack_all, f"out = np.zeros(({n}, {npar}))",
-                            *_block(mat("out", d.dfdp)), "return out"]))
-    funcs.append(_function(
-        "sens_rhs", "y, t, p, sw, pidx",
-        "Augmented RHS [f, J s_j + df/dp_j]; directions beyond len(pidx) are initial values.",
-        [*unpack_all,
-         f"f = np.zeros({n})", f"J = np.zeros(({n}, {n}))", f"D = np.zeros(({n}, {npar}))",
-         *_block(vec("f", d.f) + mat("J", d.J) + mat("D", d.dfdp)),
-         f"nsens = (y.shape[0] - {n}) // {n}",
-         f"S = y[{n}:].reshape((nsens, {n}))",
-         "out = np.empty(y.shape[0])",
-         f"out[:{n}] = f",
-         "Sdot = _safe_product(S, J)",
-         "for k in range(pidx.shape[0]):",
-         f"    for i in range({n}):",
-         "        Sdot[k, i] += D[i, pidx[k]]",
-         f"out[{n}:] = Sdot.ravel()",
-         "return out"]))
-    funcs.append(_function(
-        "sens_jac_banded", "y, t, p, sw, pidx",
-        "Block-diagonal Jacobian of the augmented system in LSODA banded layout "
-        f"(ml = mu = {n - 1}); the coupling d(J s)/dx is left out, as in CVODES.",
-        [*unpack_all, f"J = np.zeros(({n}, {n}))", *_block(mat("J", d.J)),
-         "J = _finite_or_zero(J)",
-         f"nblocks = y.shape[0] // {n}",
-         f"out = np.zeros(({2 * n - 1}, y.shape[0]))",
-         "for b in range(nblocks):",
-         f"    for a in range({n}):",
-         f"        for c in range({n}):",
-         f"            out[{n - 1} + a - c, b * {n} + c] = J[a, c]",
-         "return out"]))
-    funcs.append(_function("observables", "y, t, p, sw", "h(x, p), shape (no,).",
-                           [*unpack_all, f"out = np.zeros({no})", *_block(vec("out", d.h)),
-                            "return out"]))
-    funcs.append(_function("observables_dx", "y, t, p, sw", "dh/dx, shape (no, n).",
-                           [*unpack_all, f"out = np.zeros(({no}, {n}))",
-                            *_block(mat("out", d.dhdx)), "return out"]))
-    funcs.append(_function("observables_dp", "y, t, p, sw", "dh/dp, shape (no, np).",
-                           [*unpack_all, f"out = np.zeros(({no}, {npar}))",
-                            *_block(mat("out", d.dhdp)), "return out"]))
-    funcs.append(_function("observe_all", "Y, T, p, SW", "Observables at every row, (nt, no).",
-                           [f"out = np.zeros((Y.shape[0], {no}))",
-                            "for r in range(Y.shape[0]):",
-                            "    out[r, :] = observables(Y[r], T[r], p, SW[r])",
-                            "return out"]))
+    funcs.append(
+        _function(
+            "rhs",
+            "y, t, p, sw",
+            "dx/dt, shape (n,).",
+            [*unpack_all, f"out = np.zeros({n})", *_block(vec("out", d.f)), "return out"],
+        )
+    )
+    funcs.append(
+        _function(
+            "jac",
+            "y, t, p, sw",
+            "df/dx, shape (n, n).",
+            [*unpack_all, f"out = np.zeros(({n}, {n}))", *_block(mat("out", d.J)), "return out"],
+        )
+    )
+    funcs.append(
+        _function(
+            "jac_solver",
+            "y, t, p, sw",
+            "df/dx for the integrator's Newton iteration (non-finite -> 0).",
+            ["return _finite_or_zero(jac(y, t, p, sw))"],
+        )
+    )
+    funcs.append(
+        _function(
+            "dfdp",
+            "y, t, p, sw",
+            "df/dp, shape (n, np).",
+            [
+                *unpack_all,
+                f"out = np.zeros(({n}, {npar}))",
+                *_block(mat("out", d.dfdp)),
+                "return out",
+            ],
+        )
+    )
+    funcs.append(
+        _function(
+            "sens_rhs",
+            "y, t, p, sw, pidx",
+            "Augmented RHS [f, J s_j + df/dp_j]; directions beyond len(pidx) are initial values.",
+            [
+                *unpack_all,
+                f"f = np.zeros({n})",
+                f"J = np.zeros(({n}, {n}))",
+                f"D = np.zeros(({n}, {npar}))",
+                *_block(vec("f", d.f) + mat("J", d.J) + mat("D", d.dfdp)),
+                f"nsens = (y.shape[0] - {n}) // {n}",
+                f"S = y[{n}:].reshape((nsens, {n}))",
+                "out = np.empty(y.shape[0])",
+                f"out[:{n}] = f",
+                "Sdot = _safe_product(S, J)",
+                "for k in range(pidx.shape[0]):",
+                f"    for i in range({n}):",
+                "        Sdot[k, i] += D[i, pidx[k]]",
+                f"out[{n}:] = Sdot.ravel()",
+                "return out",
+            ],
+        )
+    )
+    funcs.append(
+        _function(
+            "sens_jac_banded",
+            "y, t, p, sw, pidx",
+            "Block-diagonal Jacobian of the augmented system in LSODA banded layout "
+            f"(ml = mu = {n - 1}); the coupling d(J s)/dx is left out, as in CVODES.",
+            [
+                *unpack_all,
+                f"J = np.zeros(({n}, {n}))",
+                *_block(mat("J", d.J)),
+                "J = _finite_or_zero(J)",
+                f"nblocks = y.shape[0] // {n}",
+                f"out = np.zeros(({2 * n - 1}, y.shape[0]))",
+                "for b in range(nblocks):",
+                f"    for a in range({n}):",
+                f"        for c in range({n}):",
+                f"            out[{n - 1} + a - c, b * {n} + c] = J[a, c]",
+                "return out",
+            ],
+        )
+    )
+    funcs.append(
+        _function(
+            "observables",
+            "y, t, p, sw",
+            "h(x, p), shape (no,).",
+            [*unpack_all, f"out = np.zeros({no})", *_block(vec("out", d.h)), "return out"],
+        )
+    )
+    funcs.append(
+        _function(
+            "observables_dx",
+            "y, t, p, sw",
+            "dh/dx, shape (no, n).",
+            [
+                *unpack_all,
+                f"out = np.zeros(({no}, {n}))",
+                *_block(mat("out", d.dhdx)),
+                "return out",
+            ],
+        )
+    )
+    funcs.append(
+        _function(
+            "observables_dp",
+            "y, t, p, sw",
+            "dh/dp, shape (no, np).",
+            [
+                *unpack_all,
+                f"out = np.zeros(({no}, {npar}))",
+                *_block(mat("out", d.dhdp)),
+                "return out",
+            ],
+        )
+    )
+    funcs.append(
+        _function(
+            "observe_all",
+            "Y, T, p, SW",
+            "Observables at every row, (nt, no).",
+            [
+                f"out = np.zeros((Y.shape[0], {no}))",
+                "for r in range(Y.shape[0]):",
+                "    out[r, :] = observables(Y[r], T[r], p, SW[r])",
+                "return out",
+            ],
+        )
+    )
     unpack_p = syms.unpack("p")
-    funcs.append(_function("initial", "p", "x(t0), shape (n,).",
-                           [*unpack_p, f"out = np.zeros({n})", *_block(vec("out", d.x0)),
-                            "return out"]))
-    funcs.append(_function("initial_dp", "p", "dx(t0)/dp, shape (n, np).",
-                           [*unpack_p, f"out = np.zeros(({n}, {npar}))",
-                            *_block(mat("out", d.dx0dp)), "return out"]))
-    funcs.append(_function("switch_times", "p", "Switch times, shape (ns,).",
-                           [*unpack_p, f"out = np.zeros({ns})", *_block(vec("out", d.tau)),
-                            "return out"]))
-    funcs.append(_function("switch_times_dp", "p", "d(switch time)/dp, shape (ns, np).",
-                           [*unpack_p, f"out = np.zeros(({ns}, {npar}))",
-                            *_block(mat("out", d.dtaudp)), "return out"]))
+    funcs.append(
+        _function(
+            "initial",
+            "p",
+            "x(t0), shape (n,).",
+            [*unpack_p, f"out = np.zeros({n})", *_block(vec("out", d.x0)), "return out"],
+        )
+    )
+    funcs.append(
+        _function(
+            "initial_dp",
+            "p",
+            "dx(t0)/dp, shape (n, np).",
+            [
+                *unpack_p,
+                f"out = np.zeros(({n}, {npar}))",
+                *_block(mat("out", d.dx0dp)),
+                "return out",
+            ],
+        )
+    )
+    funcs.append(
+        _function(
+            "switch_times",
+            "p",
+            "Switch times, shape (ns,).",
+            [*unpack_p, f"out = np.zeros({ns})", *_block(vec("out", d.tau)), "return out"],
+        )
+    )
+    funcs.append(
+        _function(
+            "switch_times_dp",
+            "p",
+            "d(switch time)/dp, shape (ns, np).",
+            [
+                *unpack_p,
+                f"out = np.zeros(({ns}, {npar}))",
+                *_block(mat("out", d.dtaudp)),
+                "return out",
+            ],
+        )
+    )
 
     if use_numba:
-        jit = ("from numba import njit\n\n"
-               "_jit = njit(cache=True, error_model='numpy', nogil=True)\n")
+        jit = "from numba import njit\n\n_jit = njit(cache=True, error_model='numpy', nogil=True)\n"
     else:
         jit = "\ndef _jit(func):\n    return func\n"
-    preamble = (f"{header}\n# flake8: noqa\n# ruff: noqa\nimport math\n\nimport numpy as np\n"
-                f"{jit}\n"
-                f"N_STATES = {n}\nN_PARAMETERS = {npar}\nN_OBSERVABLES = {no}\n"
-                f"N_SWITCHES = {ns}\n"
-                f"STATES = {list(model.states)!r}\nPARAMETERS = {list(model.parameters)!r}\n"
-                f"OBSERVABLES = {list(model.observables)!r}\n"
-                f"SWITCHES = {list(model.switches)!r}\n")
+    preamble = (
+        f"{header}\n# flake8: noqa\n# ruff: noqa\nimport math\n\nimport numpy as np\n"
+        f"{jit}\n"
+        f"N_STATES = {n}\nN_PARAMETERS = {npar}\nN_OBSERVABLES = {no}\n"
+        f"N_SWITCHES = {ns}\n"
+        f"STATES = {list(model.states)!r}\nPARAMETERS = {list(model.parameters)!r}\n"
+        f"OBSERVABLES = {list(model.observables)!r}\n"
+        f"SWITCHES = {list(model.switches)!r}\n"
+    )
     return preamble + HELPERS + "\n\n" + "\n\n".join(funcs)

@@ -35,5 +35,6 @@ def test_pr1_and_nr1_reference_outputs(kirouac):
     assert pr["CAR_total"].max() == pytest.approx(5.69e7, rel=1e-2)
     nr = kirouac.simulate(times, params="NR1", doses=DOSE, options=TIGHT)
     assert nr["CAR_total"].max() == pytest.approx(6.09e5, rel=1e-2)
-    assert nr.loc[np.isclose(nr["time"], 28.0), "B_cells"].iloc[0] == pytest.approx(1.31e10,
-                                                                                   rel=1e-2)
+    assert nr.loc[np.isclose(nr["time"], 28.0), "B_cells"].iloc[0] == pytest.approx(
+        1.31e10, rel=1e-2
+    )

@@ -9,8 +9,11 @@ def closed_form(t, foldx=3900, Tmax=9.3, Cmax=24000, alpha=0.16, FB=0.0079, beta
     t = np.asarray(t, float)
     R0, rho = Cmax / foldx, np.log(foldx) / Tmax
     s = t - Tmax
-    return np.where(t < Tmax, R0 * np.exp(rho * t),
-                    (1 - FB) * Cmax * np.exp(-alpha * s) + FB * Cmax * np.exp(-beta * s))
+    return np.where(
+        t < Tmax,
+        R0 * np.exp(rho * t),
+        (1 - FB) * Cmax * np.exp(-alpha * s) + FB * Cmax * np.exp(-beta * s),
+    )
 
 
 def test_table1_defaults_and_metadata(stein):
@@ -33,8 +36,7 @@ def test_published_reference_numbers(stein):
     assert df["C"].iloc[0] == pytest.approx(1373.6, rel=1e-3)
     early = np.linspace(0, 9.3, 2001)
     late = np.linspace(9.3, 28, 4001)
-    auc = simpson(stein.simulate(early)["C"], x=early) + simpson(stein.simulate(late)["C"],
-                                                                   x=late)
+    auc = simpson(stein.simulate(early)["C"], x=early) + simpson(stein.simulate(late)["C"], x=late)
     assert auc == pytest.approx(171774, rel=1e-3)
 
 
