@@ -9,7 +9,6 @@ jump by ``(f_before - f_after) * dtau/dp`` (the states are continuous there).
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -59,6 +58,11 @@ class SolverOptions:
         Maximum internal steps between two output times.
     max_step : float
         Largest step (time units); 0 means unlimited.
+    sensitivity_error_control : bool
+        Include forward sensitivities in the local error test. Off by default, as in
+        CVODES (``CVodeSetSensErrCon``): steps are then chosen for the states alone, which
+        roughly halves the cost; the sensitivities stay accurate to about 1e-6 relative at
+        the default tolerances (see ``benchmarks/bench_simulate.py``).
     """
 
     method: str = "LSODA"
@@ -66,6 +70,7 @@ class SolverOptions:
     atol: float = 1e-10
     max_steps: int = 200_000
     max_step: float = 0.0
+    sensitivity_error_control: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in ODEINT_METHODS + SOLVE_IVP_METHODS:
@@ -111,19 +116,16 @@ class Trajectory:
 
     def to_frame(self) -> pd.DataFrame:
         """``time``, states, observables, then ``d(output)/d(name)`` columns if computed."""
-        cols: dict[str, np.ndarray] = {"time": self.times}
-        for i, name in enumerate(self.model.states):
-            cols[name] = self.states[:, i]
-        for i, name in enumerate(self.model.observables):
-            cols[name] = self.observables[:, i]
+        names = ["time", *self.model.states, *self.model.observables]
+        blocks = [self.times[:, None], self.states, self.observables]
         if self.state_sensitivities is not None:
             assert self.observable_sensitivities is not None
+            outputs = [*self.model.states, *self.model.observables]
+            sens = np.concatenate((self.state_sensitivities, self.observable_sensitivities), 1)
             for k, wrt in enumerate(self.sensitivity_names):
-                for i, name in enumerate(self.model.states):
-                    cols[f"d({name})/d({wrt})"] = self.state_sensitivities[:, i, k]
-                for i, name in enumerate(self.model.observables):
-                    cols[f"d({name})/d({wrt})"] = self.observable_sensitivities[:, i, k]
-        return pd.DataFrame(cols)
+                names += [f"d({name})/d({wrt})" for name in outputs]
+                blocks.append(sens[:, :, k])
+        return pd.DataFrame(np.hstack(blocks), columns=names)
 
 
 def _check_times(model: Model, times: Iterable[float]) -> np.ndarray:
@@ -189,37 +191,40 @@ class _Integrator:
             self.model.name, time, dict(zip(self.model.parameters, self.p)), reason
         )
 
+    def _odeint(self, y0: np.ndarray, grid: np.ndarray, sw: np.ndarray):
+        """One LSODA call (scipy odeint) with the analytic (banded, for sensitivities) Jacobian."""
+        o, c = self.options, self.c
+        if self.n_sens:
+            func, jac, args = c.sens_rhs, c.sens_jac_banded, (self.p, sw, self.pidx)
+            band = {"ml": self.n - 1, "mu": self.n - 1}
+        else:
+            func, jac, args, band = c.rhs, c.jac_solver, (self.p, sw), {}
+        return odeint(
+            func,
+            y0,
+            grid,
+            args=args,
+            Dfun=jac,
+            rtol=o.rtol,
+            atol=self.atol(len(y0)),
+            mxstep=o.max_steps,
+            hmax=o.max_step,
+            full_output=True,
+            printmessg=False,
+            **band,
+        )
+
     def segment(self, y0: np.ndarray, grid: np.ndarray, sw: np.ndarray) -> np.ndarray:
         """Integrate from grid[0] over grid; returns (len(grid), len(y0))."""
-        o = self.options
-        c = self.c
-        sens = self.n_sens > 0
-        func = c.sens_rhs if sens else c.rhs
-        args = (self.p, sw, self.pidx) if sens else (self.p, sw)
         try:
-            with np.errstate(all="ignore"), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                if o.method == "LSODA":
-                    band = {"ml": self.n - 1, "mu": self.n - 1} if sens else {}
-                    Y, info = odeint(
-                        func,
-                        y0,
-                        grid,
-                        args=args,
-                        Dfun=c.sens_jac_banded if sens else c.jac_solver,
-                        rtol=o.rtol,
-                        atol=o.atol,
-                        mxstep=o.max_steps,
-                        hmax=o.max_step,
-                        full_output=True,
-                        printmessg=False,
-                        **band,
-                    )
+            with np.errstate(all="ignore"):
+                if self.options.method == "LSODA":
+                    Y, info = self._odeint(y0, grid, sw)
                     if info["message"] != "Integration successful.":
-                        reached = self._time_reached(func, y0, grid, args, band)
+                        reached = self._time_reached(y0, grid, sw)
                         raise self.fail(reached, f"LSODA: {info['message']}")
                 else:
-                    Y = self._solve_ivp(func, args, y0, grid, sw)
+                    Y = self._solve_ivp(y0, grid, sw)
         except SimulationError:
             raise
         except (ArithmeticError, ValueError, FloatingPointError) as exc:
@@ -231,24 +236,19 @@ class _Integrator:
             raise self.fail(grid[bad], "non-finite state values")
         return Y
 
-    def _time_reached(self, func, y0, grid, args, band) -> float:
-        """Where LSODA gave up: rerun on a fine grid (only after a failure) and read tcur."""
+    def atol(self, size: int) -> float | np.ndarray:
+        """Absolute tolerances; sensitivities get a huge one unless error-controlled."""
         o = self.options
+        if self.n_sens == 0 or o.sensitivity_error_control:
+            return o.atol
+        atol = np.full(size, 1e300)
+        atol[: self.n] = o.atol
+        return atol
+
+    def _time_reached(self, y0: np.ndarray, grid: np.ndarray, sw: np.ndarray) -> float:
+        """Where LSODA gave up: rerun on a fine grid (only after a failure) and read tcur."""
         fine = np.unique(np.concatenate((grid, np.linspace(grid[0], grid[-1], 2001))))
-        _, info = odeint(
-            func,
-            y0,
-            fine,
-            args=args,
-            Dfun=self.c.sens_jac_banded if band else self.c.jac_solver,
-            rtol=o.rtol,
-            atol=o.atol,
-            mxstep=o.max_steps,
-            hmax=o.max_step,
-            full_output=True,
-            printmessg=False,
-            **band,
-        )
+        _, info = self._odeint(y0, fine, sw)
         # tcur[i] is the internal time reached for output i + 1; after the failure it holds
         # garbage, so keep the prefix where it passed its output time.
         tcur = np.asarray(info["tcur"], dtype=float)
@@ -257,10 +257,14 @@ class _Integrator:
         n_ok = len(good) if good.all() else int(np.argmin(good))
         return float(tout[n_ok - 1]) if n_ok else float(grid[0])
 
-    def _solve_ivp(self, func, args, y0, grid, sw) -> np.ndarray:
+    def _solve_ivp(self, y0: np.ndarray, grid: np.ndarray, sw: np.ndarray) -> np.ndarray:
         o = self.options
         c = self.c
         n = self.n
+        if self.n_sens:
+            func, args = c.sens_rhs, (self.p, sw, self.pidx)
+        else:
+            func, args = c.rhs, (self.p, sw)
         nblocks = len(y0) // n
 
         def jac(t, y):
@@ -274,7 +278,7 @@ class _Integrator:
             method=o.method,
             t_eval=grid,
             rtol=o.rtol,
-            atol=o.atol,
+            atol=self.atol(len(y0)),
             jac=jac if o.method in ("BDF", "Radau") else None,
             max_step=o.max_step or np.inf,
         )
@@ -418,12 +422,9 @@ def simulate(
     state_sens = obs_sens = None
     if n_sens:
         state_sens = out_y[:, n:].reshape(len(times), n_sens, n).transpose(0, 2, 1).copy()
-        obs_sens = np.empty((len(times), len(model.observables), n_sens))
-        for r in range(len(times)):
-            dhdx = compiled.observables_dx(states[r], times[r], p, out_sw[r])
-            dhdp = compiled.observables_dp(states[r], times[r], p, out_sw[r])
-            obs_sens[r] = compiled._safe_product(np.ascontiguousarray(state_sens[r].T), dhdx).T
-            obs_sens[r, :, : len(pidx)] += dhdp[:, pidx]
+        obs_sens = compiled.observe_sens_all(
+            np.ascontiguousarray(states), times, p, out_sw, state_sens, pidx
+        )
     return Trajectory(model, times, states, observables, out_sw, p, names, state_sens, obs_sens)
 
 

@@ -91,6 +91,9 @@ def compile_model(model: Model, backend: str | None = None) -> CompiledModel:
         raise CompileError(
             "backend 'numba' requested but numba is not installed (pip install 'pkpd_cart[fast]')"
         )
+    known = cache.compiled_for(model, backend)
+    if known is not None:
+        return known
     key = cache.cache_key(model.hash, backend)
     path = cache.module_path(model.name, key)
     module = cache.loaded(key)
@@ -110,4 +113,6 @@ def compile_model(model: Model, backend: str | None = None) -> CompiledModel:
             cache.write_atomically(path, text)
             log.info("generated %s in %.2f s", path, time.perf_counter() - start)
         module = cache.load_module(path, key)
-    return CompiledModel(model, backend, path, module)
+    compiled = CompiledModel(model, backend, path, module)
+    cache.remember(model, backend, compiled)
+    return compiled

@@ -11,6 +11,7 @@ import importlib.util
 import os
 import sys
 import tempfile
+import weakref
 from pathlib import Path
 from types import ModuleType
 
@@ -19,6 +20,8 @@ import sympy
 from pkpd_cart.compile.codegen import CODEGEN_VERSION
 
 _LOADED: dict[str, ModuleType] = {}
+# Per model object (models are immutable): skips re-hashing the symbolic model on every call.
+_BY_MODEL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def cache_dir() -> Path:
@@ -74,3 +77,12 @@ def load_module(path: Path, key: str) -> ModuleType:
 
 def loaded(key: str) -> ModuleType | None:
     return _LOADED.get(key)
+
+
+def compiled_for(model, backend: str):
+    """The compiled model already made for this model object and backend, if any."""
+    return _BY_MODEL.get(model, {}).get(backend)
+
+
+def remember(model, backend: str, compiled) -> None:
+    _BY_MODEL.setdefault(model, {})[backend] = compiled

@@ -21,7 +21,7 @@ from sympy.printing.pycode import PythonCodePrinter
 
 from pkpd_cart.modelling import Model, t
 
-CODEGEN_VERSION = "3"
+CODEGEN_VERSION = "6"
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,7 @@ GENERATED = (
     GeneratedFunction("observables_dx", "y, t, p, sw", "dh/dx, shape (no, n)"),
     GeneratedFunction("observables_dp", "y, t, p, sw", "dh/dp, shape (no, np)"),
     GeneratedFunction("observe_all", "Y, T, p, SW", "observables at every row, (nt, no)"),
+    GeneratedFunction("observe_sens_all", "Y, T, p, SW, S, pidx", "dh/dtheta, (nt, no, ns)"),
     GeneratedFunction("initial", "p", "x(t0) from the initial expressions, (n,)"),
     GeneratedFunction("initial_dp", "p", "dx(t0)/dp, shape (n, np)"),
     GeneratedFunction("switch_times", "p", "switch times, shape (ns,)"),
@@ -188,6 +189,17 @@ def _safe_product(S, A):
                     if S[k, j] != 0.0:
                         out[k, i] += A[i, j] * S[k, j]
     return out
+
+
+@_jit
+def _mul(a, s):
+    """a * s, where s == 0 gives 0 even for an infinite a (see _safe_product)."""
+    return 0.0 if s == 0.0 else a * s
+
+
+@_jit
+def _finite(a):
+    return a if math.isfinite(a) else 0.0
 
 
 @_jit
@@ -346,26 +358,31 @@ def generate_source(model: Model, header: str, use_numba: bool) -> str:
             ],
         )
     )
+    nonzero_J = [(i, j) for i in range(n) for j in range(n) if d.J[i, j] != 0]
+    J_locals = [(f"J_{i}_{j}", d.J[i, j]) for i, j in nonzero_J]
+    sens_rows = []
+    for i in range(n):
+        terms = [f"_mul(J_{i}_{j}, y[b + {j}])" for (r, j) in nonzero_J if r == i]
+        sens_rows.append(f"    out[b + {i}] = {' + '.join(terms) if terms else '0.0'}")
+    D_rows = [i for i in range(n) if any(d.dfdp[i, j] != 0 for j in range(npar))]
     funcs.append(
         _function(
             "sens_rhs",
             "y, t, p, sw, pidx",
-            "Augmented RHS [f, J s_j + df/dp_j]; directions beyond len(pidx) are initial values.",
+            "Augmented RHS [f, J s_k + df/dp_k]; directions beyond len(pidx) are initial values."
+            " Unrolled over the symbolic sparsity of J.",
             [
                 *unpack_all,
-                f"f = np.zeros({n})",
-                f"J = np.zeros(({n}, {n}))",
+                "out = np.zeros(y.shape[0])",
                 f"D = np.zeros(({n}, {npar}))",
-                *_block(vec("f", d.f) + mat("J", d.J) + mat("D", d.dfdp)),
-                f"nsens = (y.shape[0] - {n}) // {n}",
-                f"S = y[{n}:].reshape((nsens, {n}))",
-                "out = np.empty(y.shape[0])",
-                f"out[:{n}] = f",
-                "Sdot = _safe_product(S, J)",
+                *_block(vec("out", d.f) + J_locals + mat("D", d.dfdp)),
+                f"for k in range((y.shape[0] - {n}) // {n}):",
+                f"    b = {n} * (k + 1)",
+                *sens_rows,
                 "for k in range(pidx.shape[0]):",
-                f"    for i in range({n}):",
-                "        Sdot[k, i] += D[i, pidx[k]]",
-                f"out[{n}:] = Sdot.ravel()",
+                f"    b = {n} * (k + 1)",
+                "    j = pidx[k]",
+                *[f"    out[b + {i}] += D[{i}, j]" for i in D_rows],
                 "return out",
             ],
         )
@@ -378,15 +395,10 @@ def generate_source(model: Model, header: str, use_numba: bool) -> str:
             f"(ml = mu = {n - 1}); the coupling d(J s)/dx is left out, as in CVODES.",
             [
                 *unpack_all,
-                f"J = np.zeros(({n}, {n}))",
-                *_block(mat("J", d.J)),
-                "J = _finite_or_zero(J)",
-                f"nblocks = y.shape[0] // {n}",
+                *_block(J_locals),
                 f"out = np.zeros(({2 * n - 1}, y.shape[0]))",
-                "for b in range(nblocks):",
-                f"    for a in range({n}):",
-                f"        for c in range({n}):",
-                f"            out[{n - 1} + a - c, b * {n} + c] = J[a, c]",
+                f"for b in range(0, y.shape[0], {n}):",
+                *[f"    out[{n - 1 + i - j}, b + {j}] = _finite(J_{i}_{j})" for i, j in nonzero_J],
                 "return out",
             ],
         )
@@ -434,6 +446,29 @@ def generate_source(model: Model, header: str, use_numba: bool) -> str:
                 f"out = np.zeros((Y.shape[0], {no}))",
                 "for r in range(Y.shape[0]):",
                 "    out[r, :] = observables(Y[r], T[r], p, SW[r])",
+                "return out",
+            ],
+        )
+    )
+    funcs.append(
+        _function(
+            "observe_sens_all",
+            "Y, T, p, SW, S, pidx",
+            "Observable sensitivities dh/dx S + dh/dp at every row; S is (nt, n, nsens), "
+            "returns (nt, no, nsens).",
+            [
+                f"out = np.zeros((Y.shape[0], {no}, S.shape[2]))",
+                "for r in range(Y.shape[0]):",
+                "    hx = observables_dx(Y[r], T[r], p, SW[r])",
+                "    hp = observables_dp(Y[r], T[r], p, SW[r])",
+                f"    for o in range({no}):",
+                "        for k in range(S.shape[2]):",
+                "            acc = 0.0",
+                f"            for i in range({n}):",
+                "                acc += _mul(hx[o, i], S[r, i, k])",
+                "            if k < pidx.shape[0]:",
+                "                acc += hp[o, pidx[k]]",
+                "            out[r, o, k] = acc",
                 "return out",
             ],
         )
