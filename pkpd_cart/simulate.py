@@ -9,12 +9,13 @@ jump by ``(f_before - f_after) * dtau/dp`` (the states are continuous there).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy.integrate import odeint, solve_ivp
+from scipy.integrate import ODEintWarning, odeint, solve_ivp
 
 from pkpd_cart.compile import CompiledModel
 from pkpd_cart.errors import InputError, SimulationError
@@ -217,7 +218,9 @@ class _Integrator:
     def segment(self, y0: np.ndarray, grid: np.ndarray, sw: np.ndarray) -> np.ndarray:
         """Integrate from grid[0] over grid; returns (len(grid), len(y0))."""
         try:
-            with np.errstate(all="ignore"):
+            # A failed odeint call also warns; it is raised as SimulationError instead.
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", ODEintWarning)
                 if self.options.method == "LSODA":
                     Y, info = self._odeint(y0, grid, sw)
                     if info["message"] != "Integration successful.":
@@ -279,7 +282,7 @@ class _Integrator:
             t_eval=grid,
             rtol=o.rtol,
             atol=self.atol(len(y0)),
-            jac=jac if o.method in ("BDF", "Radau") else None,
+            **({"jac": jac} if o.method in ("BDF", "Radau") else {}),
             max_step=o.max_step or np.inf,
         )
         if not sol.success:

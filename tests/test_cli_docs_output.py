@@ -1,0 +1,75 @@
+"""Command line, generated documentation pages, and all-or-nothing output folders."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import pkpd_cart as pk
+from pkpd_cart.cli import main
+from pkpd_cart.docs import model_page
+from pkpd_cart.output import atomic_directory
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "models"
+
+
+@pytest.mark.parametrize("name", ["stein2019", "kirouac2023"])
+def test_committed_model_pages_are_up_to_date(name):
+    page = model_page(pk.load_model(name))
+    assert (DOCS / f"{name}.md").read_text() == page, "run: python docs/generate.py"
+
+
+def test_stein_page_shows_the_switch_as_cases():
+    page = model_page(pk.load_model("stein2019"))
+    assert r"\begin{cases} E \cdot \rho & t < Tmax \\ - E \cdot \alpha & t \ge Tmax" in page
+    assert "| `alpha` | 0.16 | 1/d | [0, 10] | log |" in page
+
+
+def test_cli_simulate_writes_csv(tmp_path, capsys):
+    out = tmp_path / "sim.csv"
+    code = main(["simulate", "kirouac2023", "--set", "CR1", "--dose", "0:1e8:dose",
+                 "--end", "28", "--step", "7", "--out", str(out)])
+    assert code == 0
+    frame = pd.read_csv(out)
+    assert list(frame["time"]) == [0, 7, 14, 21, 28]
+    assert frame["B_cells"].iloc[-1] == pytest.approx(6.877e6, rel=1e-2)
+
+
+def test_cli_errors(tmp_path, capsys):
+    assert main(["simulate", "nope", "--out", str(tmp_path / "x.csv")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("pkpd-cart: error: unknown model 'nope'")
+    with pytest.raises(SystemExit) as info:
+        main(["simulate", "stein2019", "--dose", "1:2", "--out", "x.csv"])
+    assert info.value.code == 2
+    assert "is not TIME:AMOUNT:TARGET" in capsys.readouterr().err
+    assert main(["simulate", "stein2019", "--param", "alpha=fast",
+                 "--out", str(tmp_path / "x.csv")]) == 1
+    assert "--param 'alpha=fast' is not NAME=VALUE" in capsys.readouterr().err
+
+
+def test_atomic_directory_all_or_nothing(tmp_path):
+    target = tmp_path / "report"
+    with atomic_directory(target) as tmp:
+        (tmp / "a.txt").write_text("first")
+    assert (target / "a.txt").read_text() == "first"
+    with pytest.raises(RuntimeError):
+        with atomic_directory(target) as tmp:
+            (tmp / "a.txt").write_text("half")
+            raise RuntimeError("solver crashed")
+    assert (target / "a.txt").read_text() == "first"  # the old report is untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]  # no debris
+
+
+def test_stein_main_job(tmp_path):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "fits" / "stein2019_typical.py"
+    spec = importlib.util.spec_from_file_location("stein_job", path)
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    out = job.main(["--out", str(tmp_path / "stein")])
+    frame = pd.read_csv(out / "simulation.csv")
+    assert frame.loc[frame["time"] == 28.0, "C"].iloc[0] == pytest.approx(1373.6, rel=1e-3)
+    assert (out / "simulation.png").stat().st_size > 10_000
+    assert "| AUC(0-28 d) (copies*d/ug) | 17177" in (out / "summary.md").read_text()
