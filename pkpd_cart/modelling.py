@@ -211,14 +211,25 @@ class ModelBuilder:
         What the model is, and its citation.
     time_unit : str
         Unit of the independent variable ``t`` (default ``"d"``).
+    start_time : float
+        Where simulations start by default (e.g. -6 d, before lymphodepletion, for a model
+        whose initial condition is the pre-treatment steady state). Default 0.
     """
 
-    def __init__(self, name: str, description: str = "", reference: str = "", time_unit: str = "d"):
+    def __init__(
+        self,
+        name: str,
+        description: str = "",
+        reference: str = "",
+        time_unit: str = "d",
+        start_time: float = 0.0,
+    ):
         _check_name(name, "model", name)
         self.name = name
         self.description = description
         self.reference = reference
         self.time_unit = time_unit
+        self.start_time = float(start_time)
         self.t = t
         self._parameters: dict[str, Parameter] = {}
         self._states: dict[str, State] = {}
@@ -428,6 +439,7 @@ class ModelBuilder:
             description=self.description,
             reference=self.reference,
             time_unit=self.time_unit,
+            start_time=self.start_time,
             parameters=types.MappingProxyType(dict(self._parameters)),
             states=types.MappingProxyType(dict(self._states)),
             expressions=types.MappingProxyType(dict(self._expressions)),
@@ -459,6 +471,7 @@ class Model:
     description: str
     reference: str
     time_unit: str
+    start_time: float
     parameters: Mapping[str, Parameter]
     states: Mapping[str, State]
     expressions: Mapping[str, Expression]
@@ -614,7 +627,8 @@ class Model:
             If true, add columns ``d(<output>)/d(<name>)`` for every parameter (or for the
             given names; ``"<state>(0)"`` names an initial value).
         t0 : float, optional
-            Start time; default ``min(0, first output time, first dose time)``.
+            Start time; default ``min(model.start_time, first output time, first dose
+            time)``. The initial condition applies at ``t0``.
 
         Raises
         ------

@@ -348,7 +348,10 @@ def simulate(
     names, pidx, sidx = _sensitivity_directions(model, sensitivities)
     n_sens = len(names)
 
-    start = min([0.0, float(times[0])] + [d.time for d in doses]) if t0 is None else float(t0)
+    if t0 is None:
+        start = min([model.start_time, float(times[0])] + [d.time for d in doses])
+    else:
+        start = float(t0)
     if times[0] < start:
         raise InputError(
             f"model '{model.name}': first output time {times[0]:g} is before t0={start:g}"
