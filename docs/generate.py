@@ -1,6 +1,6 @@
 """Regenerate docs/models/<name>.md from the shipped symbolic models.
 
-    python docs/generate.py
+python docs/generate.py
 """
 
 from pathlib import Path

@@ -35,8 +35,12 @@ def main(argv: list[str] | None = None) -> Path:
     auc = simpson(model.simulate(early)["C"], x=early) + simpson(model.simulate(late)["C"], x=late)
     with atomic_directory(args.out) as tmp:
         frame.to_csv(tmp / "simulation.csv", index=False)
-        plot_simulation(model, frame, path=tmp / "simulation.png",
-                        title="Stein 2019 typical patient (Table 1 values; simulated)")
+        plot_simulation(
+            model,
+            frame,
+            path=tmp / "simulation.png",
+            title="Stein 2019 typical patient (Table 1 values; simulated)",
+        )
         (tmp / "summary.md").write_text(
             "# Stein 2019 typical patient\n\n"
             f"Model: `{model.name}` ({model.reference}). Parameters: Table 1 typical values.\n"

@@ -39,15 +39,34 @@ def _parser() -> argparse.ArgumentParser:
 
     sim = sub.add_parser("simulate", help="simulate a model and write a CSV (and a PNG)")
     sim.add_argument("model", help="shipped model name or path to a model .py file")
-    sim.add_argument("--end", type=float, default=365.0,
-                     help="last output time in the model's time unit (default 365)")
+    sim.add_argument(
+        "--end",
+        type=float,
+        default=365.0,
+        help="last output time in the model's time unit (default 365)",
+    )
     sim.add_argument("--step", type=float, default=1.0, help="output step (default 1)")
-    sim.add_argument("--set", dest="parameter_set", default=None,
-                     help="named parameter set (see `pkpd-cart list`; default: defaults)")
-    sim.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                     help="override one parameter; repeatable")
-    sim.add_argument("--dose", action="append", default=[], type=_dose,
-                     metavar="TIME:AMOUNT:TARGET", help="bolus dose; repeatable")
+    sim.add_argument(
+        "--set",
+        dest="parameter_set",
+        default=None,
+        help="named parameter set (see `pkpd-cart list`; default: defaults)",
+    )
+    sim.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override one parameter; repeatable",
+    )
+    sim.add_argument(
+        "--dose",
+        action="append",
+        default=[],
+        type=_dose,
+        metavar="TIME:AMOUNT:TARGET",
+        help="bolus dose; repeatable",
+    )
     sim.add_argument("--rtol", type=float, default=1e-8, help="relative tolerance")
     sim.add_argument("--atol", type=float, default=1e-8, help="absolute tolerance")
     sim.add_argument("--out", type=Path, required=True, help="CSV file to write")
@@ -65,10 +84,12 @@ def _run(args: argparse.Namespace) -> None:
         for name in pk.available_models():
             model = pk.load_model(name)
             sets = len(model.parameter_sets) - 1
-            print(f"{name}: {model.description}\n  states: {', '.join(model.states)}\n"
-                  f"  observables: {', '.join(model.observables)}\n"
-                  f"  dose targets: {', '.join(model.dose_targets) or '-'}; "
-                  f"parameter sets besides default: {sets}")
+            print(
+                f"{name}: {model.description}\n  states: {', '.join(model.states)}\n"
+                f"  observables: {', '.join(model.observables)}\n"
+                f"  dose targets: {', '.join(model.dose_targets) or '-'}; "
+                f"parameter sets besides default: {sets}"
+            )
     elif args.command == "docs":
         from pkpd_cart.docs import model_page
 
@@ -86,8 +107,12 @@ def _run(args: argparse.Namespace) -> None:
             except ValueError:
                 raise pk.InputError(f"--param {item!r} is not NAME=VALUE") from None
         times = np.arange(0.0, args.end + 0.5 * args.step, args.step)
-        frame = model.simulate(times, params=params or None, doses=args.dose,
-                               options=pk.SolverOptions(rtol=args.rtol, atol=args.atol))
+        frame = model.simulate(
+            times,
+            params=params or None,
+            doses=args.dose,
+            options=pk.SolverOptions(rtol=args.rtol, atol=args.atol),
+        )
         args.out.parent.mkdir(parents=True, exist_ok=True)
         frame.to_csv(args.out, index=False)
         print(f"wrote {args.out}")

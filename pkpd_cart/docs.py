@@ -20,8 +20,10 @@ def _with_switches(model: Model, rhs: sp.Expr) -> str:
         return _latex(rhs)
     sw = used[0]
     before, after = sp.simplify(rhs.subs(sw.symbol, 0)), sp.simplify(rhs.subs(sw.symbol, 1))
-    return (f"\\begin{{cases}} {_latex(before)} & t < {_latex(sw.at)} \\\\ "
-            f"{_latex(after)} & t \\ge {_latex(sw.at)} \\end{{cases}}")
+    return (
+        f"\\begin{{cases}} {_latex(before)} & t < {_latex(sw.at)} \\\\ "
+        f"{_latex(after)} & t \\ge {_latex(sw.at)} \\end{{cases}}"
+    )
 
 
 def _num(value: float) -> str:
@@ -41,8 +43,11 @@ def model_page(model: Model) -> str:
         lines += [model.description, ""]
     if model.reference:
         lines += [f"**Reference:** {model.reference}", ""]
-    lines += [f"Time unit: {model.time_unit}. This page is generated from the symbolic model "
-              "by `python docs/generate.py`; do not edit it by hand.", ""]
+    lines += [
+        f"Time unit: {model.time_unit}. This page is generated from the symbolic model "
+        "by `python docs/generate.py`; do not edit it by hand.",
+        "",
+    ]
 
     lines += ["## Equations", ""]
     for name, terms in model.terms.items():
@@ -52,42 +57,67 @@ def model_page(model: Model) -> str:
     if model.expressions:
         lines += ["Named expressions:", ""]
         for e in model.expressions.values():
-            lines += ["$$", f"{sp.latex(e.symbol)} = {_latex(e.expr)}", "$$",
-                      f"({e.description}; {e.unit})" if e.description else f"({e.unit})", ""]
+            lines += [
+                "$$",
+                f"{sp.latex(e.symbol)} = {_latex(e.expr)}",
+                "$$",
+                f"({e.description}; {e.unit})" if e.description else f"({e.unit})",
+                "",
+            ]
     if model.switches:
-        lines += ["Switches (0 before, 1 from the switch time on; integration restarts there):",
-                  ""]
+        lines += ["Switches (0 before, 1 from the switch time on; integration restarts there):", ""]
         for s in model.switches.values():
-            lines += [f"- `{s.name}` at $t = {_latex(s.at)}$" +
-                      (f": {s.description}" if s.description else ""), ""]
+            lines += [
+                f"- `{s.name}` at $t = {_latex(s.at)}$"
+                + (f": {s.description}" if s.description else ""),
+                "",
+            ]
 
-    lines += ["## Observables", "", "| name | expression | unit | description |",
-              "|---|---|---|---|"]
+    lines += [
+        "## Observables",
+        "",
+        "| name | expression | unit | description |",
+        "|---|---|---|---|",
+    ]
     for o in model.observables.values():
         lines.append(f"| `{o.name}` | ${_latex(o.expr)}$ | {o.unit} | {_cell(o.description)} |")
     lines.append("")
 
-    lines += ["## States", "", "| state | unit | initial value | dose target | description |",
-              "|---|---|---|---|---|"]
+    lines += [
+        "## States",
+        "",
+        "| state | unit | initial value | dose target | description |",
+        "|---|---|---|---|---|",
+    ]
     for s in model.states.values():
-        lines.append(f"| `{s.name}` | {s.unit} | ${_latex(s.initial)}$ | "
-                     f"{'yes' if s.dose_target else ''} | {_cell(s.description)} |")
+        lines.append(
+            f"| `{s.name}` | {s.unit} | ${_latex(s.initial)}$ | "
+            f"{'yes' if s.dose_target else ''} | {_cell(s.description)} |"
+        )
     lines.append("")
 
-    lines += ["## Parameters", "",
-              "| parameter | value | unit | bounds | scale | description | source |",
-              "|---|---|---|---|---|---|---|"]
+    lines += [
+        "## Parameters",
+        "",
+        "| parameter | value | unit | bounds | scale | description | source |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for p in model.parameters.values():
-        lines.append(f"| `{p.name}` | {_num(p.value)} | {p.unit} | "
-                     f"[{_num(p.lower)}, {_num(p.upper)}] | {p.scale} | "
-                     f"{_cell(p.description)} | {_cell(p.source)} |")
+        lines.append(
+            f"| `{p.name}` | {_num(p.value)} | {p.unit} | "
+            f"[{_num(p.lower)}, {_num(p.upper)}] | {p.scale} | "
+            f"{_cell(p.description)} | {_cell(p.source)} |"
+        )
     lines.append("")
 
     sets = [name for name in model.parameter_sets.index if name != "default"]
     if sets:
-        lines += ["## Parameter sets", "",
-                  f"{len(sets)} named sets besides `default`: " +
-                  ", ".join(f"`{s}`" for s in sets) + ".", ""]
+        lines += [
+            "## Parameter sets",
+            "",
+            f"{len(sets)} named sets besides `default`: " + ", ".join(f"`{s}`" for s in sets) + ".",
+            "",
+        ]
     if model.notes:
         lines += ["## Assumptions and notes", ""] + [f"- {n}" for n in model.notes] + [""]
     return "\n".join(lines)

@@ -27,8 +27,22 @@ def test_stein_page_shows_the_switch_as_cases():
 
 def test_cli_simulate_writes_csv(tmp_path, capsys):
     out = tmp_path / "sim.csv"
-    code = main(["simulate", "kirouac2023", "--set", "CR1", "--dose", "0:1e8:dose",
-                 "--end", "28", "--step", "7", "--out", str(out)])
+    code = main(
+        [
+            "simulate",
+            "kirouac2023",
+            "--set",
+            "CR1",
+            "--dose",
+            "0:1e8:dose",
+            "--end",
+            "28",
+            "--step",
+            "7",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     frame = pd.read_csv(out)
     assert list(frame["time"]) == [0, 7, 14, 21, 28]
@@ -43,8 +57,10 @@ def test_cli_errors(tmp_path, capsys):
         main(["simulate", "stein2019", "--dose", "1:2", "--out", "x.csv"])
     assert info.value.code == 2
     assert "is not TIME:AMOUNT:TARGET" in capsys.readouterr().err
-    assert main(["simulate", "stein2019", "--param", "alpha=fast",
-                 "--out", str(tmp_path / "x.csv")]) == 1
+    assert (
+        main(["simulate", "stein2019", "--param", "alpha=fast", "--out", str(tmp_path / "x.csv")])
+        == 1
+    )
     assert "--param 'alpha=fast' is not NAME=VALUE" in capsys.readouterr().err
 
 
