@@ -144,3 +144,45 @@ def build() -> Model:
     m.observable("vaccine_titre", vaccine, "1", "vaccine IgG titre relative to baseline")
     m.observable("SLEDAI", S, "score", "SLEDAI-2K (continuous; round for the score)")
     return m.build()
+
+
+def summarise(frame, aplasia_threshold: float = 1.0, cutoff: float | None = None) -> dict:
+    """Clinical summaries of one simulated ``sle_cart`` course (``frame`` from ``simulate``).
+
+    Keys: CAR-T peak day, peak cells/uL and % of CD3+, AUC(0-28 d) of CAR-T (cells*d/uL),
+    first day B cells < ``aplasia_threshold`` cells/uL, day they return to >= it, aplasia
+    duration, anti-dsDNA at month 3 (day 90), seroconverted (below the cut-off at day 90),
+    SLEDAI-2K score at month 3 and vaccine titre at one year. Missing events give NaN.
+    """
+    from pkpd_cart.models.blocks.disease import sledai_score
+
+    from pkpd_cart.derived import auc, first_crossing, peak, value_at
+
+    t = frame["time"].to_numpy()
+    t_peak, c_peak = peak(t, frame["CAR_T"])
+    gone = first_crossing(t, frame["B_cells"], aplasia_threshold, "down", after=0.0)
+    back = (
+        None
+        if gone is None
+        else first_crossing(t, frame["B_cells"], aplasia_threshold, "up", after=gone)
+    )
+    ab90 = value_at(t, frame["anti_dsDNA"], 90.0)
+    cut = (
+        cutoff
+        if cutoff is not None
+        else value_at(t, frame["anti_dsDNA"] / frame["anti_dsDNA_positive"], 90.0)
+    )
+    nan = float("nan")
+    return {
+        "CAR_T_peak_day": t_peak,
+        "CAR_T_peak_cells_per_uL": c_peak,
+        "CAR_T_peak_pct_CD3": float(frame["CAR_T_pct_CD3"].max()),
+        "CAR_T_AUC_0_28": auc(t, frame["CAR_T"], 0.0, 28.0),
+        "B_aplasia_start_day": nan if gone is None else gone,
+        "B_reappearance_day": nan if back is None else back,
+        "B_aplasia_days": nan if (gone is None or back is None) else back - gone,
+        "anti_dsDNA_day90": ab90,
+        "seroconverted_day90": bool(ab90 < cut),
+        "SLEDAI_day90": float(sledai_score(value_at(t, frame["SLEDAI"], 90.0))),
+        "vaccine_titre_day365": value_at(t, frame["vaccine_titre"], 365.0),
+    }

@@ -36,8 +36,12 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def model_page(model: Model) -> str:
-    """The Markdown page of ``model``: equations, parameter table with sources, states."""
+def model_page(model: Model, diagram: str | None = None, appendix: str = "") -> str:
+    """The Markdown page of ``model``: equations, parameter table with sources, states.
+
+    ``diagram`` is the relative path of a compartment diagram image to show (see
+    :func:`pkpd_cart.diagram.draw_diagram`); ``appendix`` is Markdown added at the end.
+    """
     lines = [f"# Model `{model.name}`", ""]
     if model.description:
         lines += [model.description, ""]
@@ -49,6 +53,8 @@ def model_page(model: Model) -> str:
         "",
     ]
 
+    if diagram:
+        lines += ["## Compartments and flows", "", f"![{model.name} diagram]({diagram})", ""]
     lines += ["## Equations", ""]
     for name, terms in model.terms.items():
         rhs = sp.Add(*(term.expr for term in terms))
@@ -120,4 +126,6 @@ def model_page(model: Model) -> str:
         ]
     if model.notes:
         lines += ["## Assumptions and notes", ""] + [f"- {n}" for n in model.notes] + [""]
+    if appendix:
+        lines += [appendix.rstrip("\n"), ""]
     return "\n".join(lines)

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -13,10 +14,40 @@ from pkpd_cart.output import atomic_directory
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "models"
 
 
-@pytest.mark.parametrize("name", ["stein2019", "kirouac2023"])
+def load_script(relative: str):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", ["stein2019", "kirouac2023", "sle_cart"])
 def test_committed_model_pages_are_up_to_date(name):
-    page = model_page(pk.load_model(name))
-    assert (DOCS / f"{name}.md").read_text() == page, "run: python docs/generate.py"
+    generate = load_script("docs/generate.py")
+    assert (DOCS / f"{name}.md").read_text() == generate.page(name), "run docs/generate.py"
+    assert (DOCS / f"{name}_diagram.png").stat().st_size > 10_000
+
+
+def test_diagram_graph_of_sle_cart():
+    from pkpd_cart.diagram import flow_graph
+
+    flows, influences = flow_graph(pk.load_model("sle_cart"))
+    assert set(flows.edges) == {
+        ("CAR_D", "CAR_E"),
+        ("CAR_E", "CAR_M"),
+        ("B_P1", "B_P2"),
+        ("B_P2", "B_P3"),
+        ("B_P3", "B_P4"),
+        ("B_P4", "B_mat"),
+    }
+    # the kill signal comes from CAR-T cells and reaches every CD19+ pool, not the LLPC
+    assert influences.has_edge("C_eff", "kill") and influences.has_edge("CAR_E", "C_eff")
+    killed = set(influences.successors("kill"))
+    assert {"B_P1", "B_P4", "B_mat", "B_auto", "PB", "SLPC"} <= killed
+    assert "LLPC" not in killed and "LLPC_vac" not in killed
 
 
 def test_stein_page_shows_the_switch_as_cases():
@@ -78,14 +109,36 @@ def test_atomic_directory_all_or_nothing(tmp_path):
 
 
 def test_stein_main_job(tmp_path):
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "fits" / "stein2019_typical.py"
-    spec = importlib.util.spec_from_file_location("stein_job", path)
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
+    job = load_script("fits/stein2019_typical.py")
     out = job.main(["--out", str(tmp_path / "stein")])
     frame = pd.read_csv(out / "simulation.csv")
     assert frame.loc[frame["time"] == 28.0, "C"].iloc[0] == pytest.approx(1373.6, rel=1e-3)
     assert (out / "simulation.png").stat().st_size > 10_000
     assert "| AUC(0-28 d) (copies*d/ug) | 17177" in (out / "summary.md").read_text()
+
+
+def test_sensitivity_table_is_committed_and_matches_finite_differences():
+    script = load_script("fits/sle_cart_sensitivity.py")
+    model = pk.load_model("sle_cart")
+    table = script.sensitivity_table(model)
+    committed = (DOCS / "sle_cart_sensitivity.md").read_text()
+    assert committed == script.to_markdown(table), "run: python fits/sle_cart_sensitivity.py"
+    assert len(table) == len(model.parameters)
+
+    from pkpd_cart.models.sle_cart import mackensen_doses, summarise
+
+    grid = np.arange(-6.0, 366.0, 0.05)
+
+    def quantities(**change):
+        s = summarise(model.simulate(grid, params=change, doses=mackensen_doses(60.0)))
+        return np.array(
+            [s["B_reappearance_day"], s["CAR_T_peak_cells_per_uL"], s["anti_dsDNA_day90"]]
+        )
+
+    for name in ("k_exp", "tau_BM", "f_LL"):
+        value = model.parameters[name].value
+        up, down = quantities(**{name: value * 1.001}), quantities(**{name: value / 1.001})
+        fd = (np.log(up) - np.log(down)) / (2 * np.log(1.001))
+        row = table.set_index("parameter").loc[name]
+        exact = row[["B-cell reappearance day", "CAR-T peak", "anti-dsDNA day 90"]].to_numpy()
+        np.testing.assert_allclose(exact.astype(float), fd, rtol=0.02, atol=5e-3)
