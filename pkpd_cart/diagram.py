@@ -2,8 +2,9 @@
 
 Solid arrows are mass flows declared with ``ModelBuilder.flow``; dashed arrows are
 influences: a state or signal that appears in another's equation. Signals (grey, bottom
-row) are named expressions of states, such as the CAR-T kill rate. States joined by flows, or singletons joined by influences, share
-a row; within a row, states are ordered by their topological generation.
+row) are named expressions of states, such as the CAR-T kill rate. States joined by
+flows, or singletons joined by influences, share a row; within a row, states are ordered
+by their topological generation.
 """
 
 from __future__ import annotations
