@@ -1,6 +1,7 @@
 """pkpd_cart: symbolic, compiled and calibrated CAR-T models for autoimmune disease."""
 
 from pkpd_cart.compile import CompiledModel, compile_model
+from pkpd_cart.dataset import Dataset, dataset_from_frame, read_dataset
 from pkpd_cart.errors import (
     BackendWarning,
     CompileError,
@@ -32,6 +33,7 @@ __all__ = [
     "BackendWarning",
     "CompileError",
     "CompiledModel",
+    "Dataset",
     "DatasetError",
     "Dose",
     "FitError",
@@ -49,9 +51,11 @@ __all__ = [
     "available_models",
     "compile_model",
     "compose",
+    "dataset_from_frame",
     "hill",
     "load_model",
     "positive_part",
+    "read_dataset",
     "simulate",
     "simulate_batch",
     "switched",
