@@ -315,7 +315,7 @@ def _validate(
 
     out = pd.DataFrame({"ROW": raw["ROW"].astype(int)})
     out["ID"] = raw["ID"].str.strip()
-    for i, (sid, row) in enumerate(zip(out["ID"], out["ROW"])):
+    for sid, row in zip(out["ID"], out["ROW"]):
         if sid == "":
             raise _fail(source, int(row), "ID", "value is missing")
     out["TIME"] = _numbers(raw, "TIME", source)
