@@ -39,3 +39,42 @@ def plot_simulation(
         fig.savefig(path, dpi=120)
         plt.close(fig)
     return fig
+
+
+def plot_population_bands(
+    times,
+    panels: dict,
+    path: str | Path | None = None,
+    title: str = "",
+    log: Sequence[str] = (),
+    references: dict | None = None,
+):
+    """Median and 5-95% / 25-75% bands per panel.
+
+    ``panels`` maps a label (with unit) to a (n_individuals, n_times) array; labels in
+    ``log`` get a log axis; ``references`` maps a label to horizontal reference lines
+    ``{name: y}`` (e.g. an assay cut-off).
+    """
+    import numpy as np
+
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7, 2.6 * len(panels)), squeeze=False)
+    for ax, (label, values) in zip(axes[:, 0], panels.items()):
+        q = np.nanquantile(values, [0.05, 0.25, 0.5, 0.75, 0.95], axis=0)
+        ax.fill_between(times, q[0], q[4], color="C0", alpha=0.2, lw=0, label="5-95%")
+        ax.fill_between(times, q[1], q[3], color="C0", alpha=0.35, lw=0, label="25-75%")
+        ax.plot(times, q[2], color="C0", lw=1.5, label="median")
+        for name, y in (references or {}).get(label, {}).items():
+            ax.axhline(y, color="0.4", ls=":", lw=1)
+            ax.text(times[-1], y, f" {name}", va="bottom", ha="right", fontsize=7, color="0.3")
+        if label in log:
+            ax.set_yscale("log")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0, 0].legend(fontsize=7, loc="upper right")
+    axes[-1, 0].set_xlabel("days from CAR-T infusion")
+    axes[0, 0].set_title(title, fontsize=10)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+    return fig
