@@ -368,7 +368,7 @@ def _validate(
             continue
         if c in NUMERIC_COVARIATES:
             lo, hi = NUMERIC_COVARIATES[c]
-            out[c] = _numbers(raw, c, source)
+            out[c] = _numbers(raw, c, source, required_mask=pd.Series(False, index=raw.index))
             for v, row in zip(out[c], out["ROW"]):
                 if not np.isnan(v) and not lo <= v <= hi:
                     raise _fail(

@@ -204,3 +204,13 @@ def test_negative_times_and_frames(sle):
     data = pk.dataset_from_frame(frame, model=sle)
     assert list(data.frame["TIME"]) == [-6.0, 3.0]
     assert np.all(data.frame["UNIT"] == "cells/uL")
+
+
+def test_template_for_figure_values_is_a_valid_dataset(sle):
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "fits" / "data"
+    data = pk.read_dataset(path / "mackensen2022_timecourse_TEMPLATE.csv", model=sle)
+    assert not data.synthetic
+    assert data.observations().empty  # the example rows are MDV=1 until filled in
+    assert len(data.observations(include_ignored=True)) == 4

@@ -1,0 +1,210 @@
+"""Draw a SYNTHETIC five-patient cohort from the calibrated sle_cart population.
+
+The per-patient time courses of Mackensen et al. 2022 were published only as figures, which
+are not available here. This script makes a clearly labelled stand-in: five virtual
+patients with the published sex, age, baseline SLEDAI-2K and follow-up of patients 1-5
+(ACR Convergence 2022 abstract #1651), assumed body weights, parameters drawn from the
+population calibrated to the published cohort summaries
+(``fits/data/sle_cart_population.json``), sampled on the study's kind of schedule with
+assay limits, censoring and measurement error. Every row says SYNTHETIC=1.
+
+    python fits/make_virtual_cohort.py [--seed 20220915] [--out FILE] [--truth FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from pkpd_cart.models.sle_cart import mackensen_doses
+
+import pkpd_cart as pk
+from pkpd_cart.population import individual_parameters
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import mackensen2022  # noqa: E402
+import sle_population  # noqa: E402
+
+DATA = Path(__file__).resolve().parent / "data"
+DEFAULT_OUT = DATA / "mackensen2022_virtual_cohort.csv"
+DEFAULT_TRUTH = DATA / "mackensen2022_virtual_cohort_truth.csv"
+SEED = 20220915
+
+#: Assumed body weights (kg): not published. Typical for young adults of that sex.
+WEIGHTS = {"1": 58.0, "2": 74.0, "3": 62.0, "4": 66.0, "5": 55.0}
+
+#: Assay model per observable: (unit, lower limit of quantification, proportional error SD
+#: on the log scale). All values are assumptions (the assays' limits are not published).
+ASSAYS = {
+    "CAR_T": ("cells/uL", 0.5, 0.25),
+    "B_cells": ("cells/uL", 1.0, 0.20),
+    "anti_dsDNA": ("IU/mL", 5.0, 0.15),
+    "vaccine_titre": ("1", None, 0.10),
+    "SLEDAI": ("score", None, None),  # integer score: rounded, with +/-1 point noise
+}
+
+FIRST_MONTH = [1, 3, 5, 7, 9, 11, 14, 21, 28]
+
+
+def schedule(followup_months: float) -> dict[str, list[float]]:
+    """Sampling days per observable: baseline before lymphodepletion (day -7), frequent in
+    the first month, then monthly to the follow-up (ACR 2023 #0607 for vaccine titres:
+    baseline, month 3, last follow-up)."""
+    last = 30.0 * followup_months
+    monthly = [30.0 * k for k in range(2, int(followup_months) + 1)]
+    cells = [-7.0, *FIRST_MONTH, *monthly]
+    return {
+        "CAR_T": [d for d in cells if d <= last],
+        "B_cells": [d for d in cells if d <= last],
+        "anti_dsDNA": [d for d in [-7.0, 14.0, 28.0, *monthly] if d <= last],
+        "SLEDAI": [d for d in [-7.0, 28.0, *monthly] if d <= last],
+        "vaccine_titre": sorted({-7.0, min(90.0, last), last}),
+    }
+
+
+def draw_cohort(seed: int = SEED) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(records, truth)``: the synthetic dataset and each virtual patient's parameters."""
+    rng = np.random.default_rng(seed)
+    model = pk.load_model("sle_cart")
+    typical, omega, _ = sle_population.load_population(DATA / "sle_cart_population.json")
+    people = mackensen2022.patients()
+    eta = pd.DataFrame(
+        rng.standard_normal((len(people), len(omega))), columns=sorted(omega), index=people.index
+    )
+    params = individual_parameters(model, typical, omega, eta)
+    params["SLEDAI0"] = people["SLEDAI0"].to_numpy()  # published baseline (S3)
+    rows = []
+    for pid, person in people.iterrows():
+        wt = WEIGHTS[pid]
+        days = schedule(person["followup_months"])
+        grid = sorted({d for ds in days.values() for d in ds})
+        frame = model.simulate(
+            grid, params=params.loc[pid].to_dict(), doses=mackensen_doses(wt), t0=-10.0
+        )
+        at = frame.set_index("time")
+        common = {"ID": pid, "WT": wt, "AGE": person["age"], "SEX": person["sex"], "SYNTHETIC": 1}
+        dose = mackensen_doses(wt)[0]
+        rows.append(
+            {
+                **common,
+                "TIME": dose.time,
+                "EVID": 1,
+                "AMT": dose.amount,
+                "CMT": dose.target,
+                "MDV": 1,
+                "CENS": 0,
+                "NOTE": "1e6 CAR-T cells/kg",
+            }
+        )
+        for dvid in ASSAYS:
+            unit, lloq, sd = ASSAYS[dvid]
+            for day in days[dvid]:
+                true = float(at.loc[day, dvid])
+                note = ""
+                if dvid == "SLEDAI" and day < 0:
+                    value, note = person["SLEDAI0"], "published baseline (ACR 2022 #1651)"
+                elif dvid == "SLEDAI":
+                    value = float(max(0, round(true + rng.normal(0.0, 0.5))))
+                else:
+                    value = true * float(np.exp(rng.normal(0.0, sd)))
+                censored = lloq is not None and value < lloq
+                rows.append(
+                    {
+                        **common,
+                        "TIME": day,
+                        "DVID": dvid,
+                        "EVID": 0,
+                        "MDV": 0,
+                        "DV": None if censored else value,
+                        "CENS": int(censored),
+                        "LIMIT": lloq,
+                        "UNIT": unit,
+                        "NOTE": note,
+                    }
+                )
+    records = pd.DataFrame(rows)
+    records["SOURCE"] = f"simulated: sle_cart, calibrated population, seed {seed}"
+    order = {name: i for i, name in enumerate(ASSAYS)}
+    records["_k"] = records["DVID"].map(order).fillna(-1)
+    records = records.sort_values(["ID", "TIME", "EVID", "_k"], ascending=[True, True, False, True])
+    columns = [
+        "ID",
+        "TIME",
+        "DV",
+        "DVID",
+        "EVID",
+        "AMT",
+        "CMT",
+        "MDV",
+        "CENS",
+        "LIMIT",
+        "UNIT",
+        "WT",
+        "AGE",
+        "SEX",
+        "SYNTHETIC",
+        "SOURCE",
+        "NOTE",
+    ]
+    truth = params[["k_exp", "T_exp", "k_M", "SLEDAI0"]].copy()
+    truth.insert(0, "WT", [WEIGHTS[p] for p in truth.index])
+    truth.index.name = "ID"
+    return records[columns].reset_index(drop=True), truth
+
+
+HEADER = (
+    "# SYNTHETIC DATA - NOT PATIENT DATA. Simulated by fits/make_virtual_cohort.py (seed {seed}).",
+    "# Five virtual patients with the published sex, age, baseline SLEDAI-2K and follow-up of "
+    "Mackensen 2022 patients 1-5 (ACR 2022 #1651);",
+    "# body weights, assay limits and measurement errors are assumptions; parameters are drawn "
+    "from sle_cart calibrated to the published cohort summaries.",
+    "# Replace with values read off the paper's figures (docs/entering-figure-data.md) for "
+    "real fits.",
+)
+
+
+def _fmt(value) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def write(records: pd.DataFrame, path: Path, seed: int) -> None:
+    buffer = io.StringIO()
+    buffer.write("".join(line.format(seed=seed) + "\n" for line in HEADER))
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(records.columns)
+    for row in records.itertuples(index=False):
+        writer.writerow([_fmt(v) for v in row])
+    path.write_text(buffer.getvalue(), encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seed", type=int, default=SEED, help="random seed")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="dataset CSV to write")
+    parser.add_argument(
+        "--truth",
+        type=Path,
+        default=DEFAULT_TRUTH,
+        help="CSV of the virtual patients' true parameters",
+    )
+    args = parser.parse_args(argv)
+    records, truth = draw_cohort(args.seed)
+    write(records, args.out, args.seed)
+    header = f"# SYNTHETIC: true parameters of the virtual patients (seed {args.seed})\n"
+    args.truth.write_text(header + truth.to_csv(float_format="%.6g", lineterminator="\n"))
+    data = pk.read_dataset(args.out, model=pk.load_model("sle_cart"))
+    print(data.report())
+    return args.out
+
+
+if __name__ == "__main__":
+    main()
