@@ -74,9 +74,11 @@ class Dataset:
 
     @property
     def synthetic(self) -> bool:
-        """True when any record is marked ``SYNTHETIC=1`` or the header says SYNTHETIC."""
+        """True when any record is marked ``SYNTHETIC=1`` or a header line starts with
+        ``# SYNTHETIC``."""
         flagged = "SYNTHETIC" in self.frame and bool((self.frame["SYNTHETIC"] == 1).any())
-        return flagged or any("SYNTHETIC" in line.upper() for line in self.header)
+        return flagged or any(line.lstrip("# ").upper().startswith("SYNTHETIC")
+                              for line in self.header)
 
     @property
     def subjects(self) -> list[str]:
