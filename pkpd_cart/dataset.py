@@ -77,8 +77,9 @@ class Dataset:
         """True when any record is marked ``SYNTHETIC=1`` or a header line starts with
         ``# SYNTHETIC``."""
         flagged = "SYNTHETIC" in self.frame and bool((self.frame["SYNTHETIC"] == 1).any())
-        return flagged or any(line.lstrip("# ").upper().startswith("SYNTHETIC")
-                              for line in self.header)
+        return flagged or any(
+            line.lstrip("# ").upper().startswith("SYNTHETIC") for line in self.header
+        )
 
     @property
     def subjects(self) -> list[str]:
@@ -251,7 +252,9 @@ def dataset_from_frame(
     header: tuple[str, ...] = (),
 ) -> Dataset:
     """Validate an in-memory DataFrame with the same rules as :func:`read_dataset`."""
-    raw = frame.astype(str).replace({"nan": "", "None": ""})
+    raw = frame.astype(object).map(
+        lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
+    )
     raw.insert(0, "ROW", np.arange(len(raw)) + 2)
     return _validate(raw, source, header, model)
 
