@@ -254,3 +254,40 @@ def test_bad_fit_arguments():
         )
     with pytest.raises(pk.InputError, match="unknown error model 'poisson'"):
         ErrorModel("poisson", a=1)
+
+
+def test_profile_likelihood_interval_and_non_identifiable_parameter():
+    from pkpd_cart.uncertainty import profile_likelihood
+
+    data = simulated_data(("lognormal", 0.15, 0), seed=4, n_subjects=4)
+    result = fit(
+        one_compartment(), data, estimate=["k", "V"], error_models={"C": ErrorModel.lognormal(0.3)}
+    )
+    prof = profile_likelihood(result, ["log_k"])["log_k"]
+    row = result.parameters.set_index("name").loc["log_k"]
+    assert prof.identifiable and prof.note == ""
+    # nearly linear problem: profile and Wald intervals agree closely
+    assert prof.ci_low == pytest.approx(row["ci_low"], rel=0.02)
+    assert prof.ci_high == pytest.approx(row["ci_high"], rel=0.02)
+    assert prof.ci_low < TRUE_K < prof.ci_high
+    assert min(prof.delta_ofv) == pytest.approx(0.0, abs=1e-6)
+
+    # V and a scale factor F enter only as V/F: F is not identifiable
+    m = pk.ModelBuilder("scaled")
+    k = m.parameter("k", 0.3, "1/d", source="test")
+    V = m.parameter("V", 5.0, "L", source="test")
+    F = m.parameter("F", 1.0, "1", upper=1e3, source="test")
+    A = m.state("A", "mg", dose_target=True)
+    m.add_term(A, -k * A)
+    m.observable("C", F * A / V, "mg/L")
+    scaled = m.build()
+    res = fit(
+        scaled,
+        pk.dataset_from_frame(data.frame.drop(columns="ROW"), model=scaled),
+        estimate=["k", "V", "F"],
+        error_models={"C": ErrorModel.lognormal(0.3)},
+    )
+    assert any("not identifiable" in w or "COVARIANCE" in w for w in res.warnings)
+    prof_f = profile_likelihood(res, ["log_F"], max_steps=4)["log_F"]
+    assert not prof_f.identifiable
+    assert "not identifiable" in prof_f.note
