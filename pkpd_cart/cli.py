@@ -3,6 +3,7 @@
     pkpd-cart list                         shipped models
     pkpd-cart simulate MODEL [options]     simulate and write a CSV (and a plot)
     pkpd-cart docs MODEL                   print the model's documentation page
+    pkpd-cart fit MODEL DATA [options]     fit by maximum likelihood, write a report
 
 Exit codes: 0 success, 1 an error from the package (one line on stderr), 2 bad arguments.
 """
@@ -74,7 +75,76 @@ def _parser() -> argparse.ArgumentParser:
 
     docs = sub.add_parser("docs", help="print a model's generated documentation (Markdown)")
     docs.add_argument("model", help="shipped model name or path to a model .py file")
+
+    fit = sub.add_parser(
+        "fit",
+        help="fit a model to a NONMEM-style dataset and write a parameter report",
+        description="Maximum-likelihood fit with lmfit and exact gradients; writes "
+        "report.md/.html, parameters.csv/.json and figures to --out.",
+    )
+    fit.add_argument("model", help="shipped model name or path to a model .py file")
+    fit.add_argument("data", type=Path, help="dataset CSV (see docs/data-format.md)")
+    fit.add_argument(
+        "--estimate",
+        default="",
+        metavar="A,B,...",
+        help="parameters shared by all subjects (comma-separated)",
+    )
+    fit.add_argument(
+        "--per-subject",
+        default="",
+        metavar="A,B,...",
+        help="parameters with one value per subject (comma-separated)",
+    )
+    fit.add_argument(
+        "--error",
+        action="append",
+        default=[],
+        type=_error_model,
+        metavar="OBS=KIND:VALUE[:VALUE]",
+        help="error model of an observable: additive:a, proportional:b, "
+        "combined:a:b or lognormal:s (initial values); repeatable",
+    )
+    fit.add_argument(
+        "--subjects", default="", metavar="ID,...", help="fit only these subjects (default: all)"
+    )
+    fit.add_argument(
+        "--blq",
+        choices=["M3", "M1"],
+        default="M3",
+        help="values below the limit: M3 likelihood (default) or M1 discard",
+    )
+    fit.add_argument("--starts", type=int, default=1, help="Latin-hypercube starts")
+    fit.add_argument("--workers", type=int, default=1, help="processes for the starts")
+    fit.add_argument("--seed", type=int, default=0, help="seed of the starts")
+    fit.add_argument(
+        "--profiles",
+        action="store_true",
+        help="likelihood profiles of the shared parameters and sigmas",
+    )
+    fit.add_argument("--out", type=Path, required=True, help="report folder to write")
     return parser
+
+
+def _error_model(text: str):
+    from pkpd_cart.objective import ErrorModel
+
+    try:
+        obs, spec = text.split("=", 1)
+        kind, *values = spec.split(":")
+        numbers = [float(v) for v in values]
+        model = {
+            "additive": ErrorModel.additive,
+            "proportional": ErrorModel.proportional,
+            "combined": ErrorModel.combined,
+            "lognormal": ErrorModel.lognormal,
+        }[kind]
+        return obs, model(*numbers)
+    except (ValueError, KeyError, TypeError):
+        raise argparse.ArgumentTypeError(
+            f"error model {text!r} is not OBS=KIND:VALUE (e.g. CAR_T=lognormal:0.3 or "
+            "B_cells=combined:1:0.2)"
+        ) from None
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -121,6 +191,50 @@ def _run(args: argparse.Namespace) -> None:
 
             plot_simulation(model, frame, path=args.plot)
             print(f"wrote {args.plot}")
+    elif args.command == "fit":
+        from pkpd_cart.fit import fit
+        from pkpd_cart.report import write_fit_report
+        from pkpd_cart.uncertainty import profile_likelihood
+
+        model = pk.load_model(args.model)
+        data = pk.read_dataset(args.data, model=model)
+        print(data.report())
+        split = lambda text: [v for v in text.split(",") if v]  # noqa: E731
+        result = fit(
+            model,
+            data,
+            estimate=split(args.estimate),
+            per_subject=split(args.per_subject),
+            error_models=dict(args.error),
+            subjects=split(args.subjects) or None,
+            blq=args.blq,
+            starts=args.starts,
+            seed=args.seed,
+            workers=args.workers,
+            progress=args.starts > 1,
+        )
+        profiles = None
+        if args.profiles:
+            shared = [s.name for s in result.problem.specs if s.subject is None]
+            profiles = profile_likelihood(result, shared)
+        settings = {
+            "command": "pkpd-cart fit",
+            "estimated (shared)": args.estimate or "-",
+            "estimated (per subject)": args.per_subject or "-",
+            "BLQ": args.blq,
+            "starts": args.starts,
+        }
+        write_fit_report(
+            result,
+            args.out,
+            f"Fit of {model.name} to {args.data.name}",
+            settings,
+            profiles,
+            seed=args.seed,
+        )
+        print(f"OFV {result.ofv:.3f}; report: {args.out / 'report.md'}")
+        for warning in result.warnings:
+            print(f"WARNING: {warning}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
