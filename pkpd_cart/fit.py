@@ -253,7 +253,11 @@ class Problem:
             columns.append((k, j))
         return p, columns
 
-    def _evaluate(self, x: np.ndarray):
+    def residuals_only(self, x: np.ndarray) -> np.ndarray:
+        """Residuals without sensitivities (for finite-difference comparisons)."""
+        return self._evaluate(np.asarray(x, dtype=float), jacobian=False)[0]
+
+    def _evaluate(self, x: np.ndarray, jacobian: bool = True):
         nx = len(self.specs)
         sig_index = {s.quantity: k for k, s in enumerate(self.specs) if s.kind == "sigma"}
         sig = {q: math.exp(x[k]) for q, k in sig_index.items()}
@@ -264,7 +268,7 @@ class Problem:
         obs_names = list(self.model.observables)
         for subj in self.subjects:
             p, columns = self._subject_parameters(x, subj.id)
-            wrt = [names[j] for _, j in columns]
+            wrt = [names[j] for _, j in columns] if jacobian else []
             self.n_simulations += 1
             try:
                 traj = simulate(
@@ -288,7 +292,7 @@ class Problem:
             f = traj.observables[subj.t_index, subj.o_index]
             # d f / d internal parameter, for each record
             df = np.zeros((len(f), nx))
-            for c, (k, _j) in enumerate(columns):
+            for c, (k, _j) in enumerate(columns if jacobian else []):
                 spec = self.specs[k]
                 chain = spec.to_natural(x[k]) if spec.log else 1.0
                 df[:, k] = traj.observable_sensitivities[subj.t_index, subj.o_index, c] * chain
