@@ -13,6 +13,7 @@ from pkpd_cart.errors import (
     PkpdCartWarning,
     SimulationError,
 )
+from pkpd_cart.fit import FitResult, fit
 from pkpd_cart.loading import available_models, load_model
 from pkpd_cart.modelling import (
     Model,
@@ -25,7 +26,10 @@ from pkpd_cart.modelling import (
     switched,
     t,
 )
+from pkpd_cart.objective import ErrorModel
+from pkpd_cart.population import simulate_population
 from pkpd_cart.simulate import Dose, SolverOptions, Trajectory, simulate, simulate_batch
+from pkpd_cart.uncertainty import profile_likelihood
 
 __version__ = "0.1.0"
 
@@ -36,7 +40,9 @@ __all__ = [
     "Dataset",
     "DatasetError",
     "Dose",
+    "ErrorModel",
     "FitError",
+    "FitResult",
     "InputError",
     "Model",
     "ModelBuilder",
@@ -52,12 +58,15 @@ __all__ = [
     "compile_model",
     "compose",
     "dataset_from_frame",
+    "fit",
     "hill",
     "load_model",
     "positive_part",
+    "profile_likelihood",
     "read_dataset",
     "simulate",
     "simulate_batch",
+    "simulate_population",
     "switched",
     "t",
 ]

@@ -142,3 +142,15 @@ def test_sensitivity_table_is_committed_and_matches_finite_differences():
         row = table.set_index("parameter").loc[name]
         exact = row[["B-cell reappearance day", "CAR-T peak", "anti-dsDNA day 90"]].to_numpy()
         np.testing.assert_allclose(exact.astype(float), fd, rtol=0.02, atol=5e-3)
+
+
+def test_readme_example_runs(monkeypatch):
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"## A short example\n\n```python\n(.*?)```", readme, re.S).group(1)
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102
+    assert namespace["result"].ofv < 1e4
+    assert namespace["data"].synthetic
