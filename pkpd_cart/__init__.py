@@ -28,6 +28,7 @@ from pkpd_cart.modelling import (
 )
 from pkpd_cart.objective import ErrorModel
 from pkpd_cart.population import simulate_population
+from pkpd_cart.sbml import from_sbml, sbml_doses
 from pkpd_cart.simulate import Dose, SolverOptions, Trajectory, simulate, simulate_batch
 from pkpd_cart.uncertainty import profile_likelihood
 
@@ -59,11 +60,13 @@ __all__ = [
     "compose",
     "dataset_from_frame",
     "fit",
+    "from_sbml",
     "hill",
     "load_model",
     "positive_part",
     "profile_likelihood",
     "read_dataset",
+    "sbml_doses",
     "simulate",
     "simulate_batch",
     "simulate_population",

@@ -649,6 +649,13 @@ class Model:
             t0=t0,
         ).to_frame()
 
+    def to_sbml(self, path: str | None = None, doses: Iterable[Dose] = ()) -> str:
+        """Write the model (and optional doses as events) as SBML L3V2; see
+        :mod:`pkpd_cart.sbml`. Returns the SBML text."""
+        from pkpd_cart.sbml import to_sbml
+
+        return to_sbml(self, path, list(doses))
+
     def simulate_batch(
         self,
         times: Iterable[float],

@@ -1,0 +1,133 @@
+"""SBML export and import: round trips, libroadrunner agreement, clear refusals."""
+
+import numpy as np
+import pytest
+from pkpd_cart.models.sle_cart import mackensen_doses
+
+import pkpd_cart as pk
+
+CASES = {
+    "stein2019": [],
+    "kirouac2023": [pk.Dose(0.0, 1e8, "dose")],
+    "sle_cart": mackensen_doses(60.0),
+}
+TIGHT = pk.SolverOptions(rtol=1e-11, atol=1e-10)
+
+
+def relative(a, b, floor):
+    scale = np.maximum(np.abs(a).max(axis=0), floor)
+    return float(np.max(np.abs(a - b) / scale))
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_round_trip_simulates_the_same(name, tmp_path):
+    model, doses = pk.load_model(name), CASES[name]
+    path = tmp_path / f"{name}.xml"
+    model.to_sbml(str(path), doses=doses)
+    back = pk.from_sbml(path)
+    assert list(back.states) == list(model.states)
+    assert set(back.parameters) == set(model.parameters)
+    assert list(back.observables) == list(model.observables)
+    assert back.start_time == model.start_time
+    assert pk.sbml_doses(path) == doses
+    times = np.linspace(model.start_time, 365.0, 120)
+    a = model.simulate(times, doses=doses, options=TIGHT)
+    b = back.simulate(times, doses=pk.sbml_doses(path), options=TIGHT)
+    cols = [*model.states, *model.observables]
+    assert relative(a[cols].to_numpy(), b[cols].to_numpy(), 1e-6) < 1e-8
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_libroadrunner_agrees(name):
+    roadrunner = pytest.importorskip("roadrunner")
+    model, doses = pk.load_model(name), CASES[name]
+    rr = roadrunner.RoadRunner(model.to_sbml(doses=doses))
+    rr.integrator.relative_tolerance = 1e-10
+    rr.integrator.absolute_tolerance = 1e-10
+    rr.integrator.maximum_num_steps = 100000
+    cols = list(model.states)
+    rr.timeCourseSelections = ["time", *cols]
+    times = np.linspace(model.start_time, 365.0, 200)
+    ours = model.simulate(times, doses=doses, options=TIGHT)[cols].to_numpy()
+    theirs = np.array(rr.simulate(times=times - model.start_time))[:, 1:]  # SBML time from 0
+    assert relative(ours, theirs, 1e-6) < 1e-6
+
+
+DOC = """<?xml version="1.0" encoding="UTF-8"?>
+<sbml xmlns="http://www.sbml.org/sbml/level3/version2/core" level="3" version="2">
+  <model id="m">
+    <listOfParameters>
+      <parameter id="k" value="0.5" constant="true"/>
+      <parameter id="x" value="1" constant="false"/>
+    </listOfParameters>
+    <listOfRules>{rules}</listOfRules>
+    {extra}
+  </model>
+</sbml>"""
+RATE = """<rateRule variable="x"><math xmlns="http://www.w3.org/1998/Math/MathML">
+  <apply><times/><apply><minus/><ci>k</ci></apply><ci>x</ci></apply></math></rateRule>"""
+
+
+def test_reactions_and_rate_rules_are_read():
+    reactions = """<listOfCompartments><compartment id="c" size="2" constant="true"/>
+    </listOfCompartments>
+    <listOfSpecies><species id="S" compartment="c" initialConcentration="4"
+      hasOnlySubstanceUnits="false" boundaryCondition="false" constant="false"/></listOfSpecies>
+    <listOfReactions><reaction id="deg" reversible="false"><listOfReactants>
+      <speciesReference species="S" stoichiometry="1" constant="true"/></listOfReactants>
+      <kineticLaw><math xmlns="http://www.w3.org/1998/Math/MathML"><apply><times/><ci>k</ci>
+      <ci>S</ci><ci>c</ci></apply></math></kineticLaw></reaction></listOfReactions>"""
+    model = pk.from_sbml(DOC.format(rules=RATE, extra=reactions))
+    df = model.simulate([0.0, 2.0])
+    # dS/dt = -k S c / c (concentration in a compartment of size 2), dx/dt = -k x
+    assert df["S"].iloc[1] == pytest.approx(4 * np.exp(-1.0), rel=1e-7)
+    assert df["x"].iloc[1] == pytest.approx(np.exp(-1.0), rel=1e-7)
+
+
+@pytest.mark.parametrize(
+    "rules, extra, message",
+    [
+        (
+            """<algebraicRule><math xmlns="http://www.w3.org/1998/Math/MathML"><apply><minus/>
+         <ci>x</ci><ci>k</ci></apply></math></algebraicRule>""",
+            "",
+            "algebraic rule 1 cannot be represented",
+        ),
+        (
+            RATE,
+            """<listOfEvents><event id="ev" useValuesFromTriggerTime="true">
+         <trigger initialValue="false" persistent="true"><math
+         xmlns="http://www.w3.org/1998/Math/MathML"><apply><gt/><ci>x</ci><cn>2</cn></apply>
+         </math></trigger><listOfEventAssignments><eventAssignment variable="k"><math
+         xmlns="http://www.w3.org/1998/Math/MathML"><cn>1</cn></math></eventAssignment>
+         </listOfEventAssignments></event></listOfEvents>""",
+            "event 'ev': only triggers 'time >= expression' are supported, not 'x > 2'",
+        ),
+        (
+            RATE,
+            """<listOfEvents><event id="late" useValuesFromTriggerTime="true">
+         <trigger initialValue="false" persistent="true"><math
+         xmlns="http://www.w3.org/1998/Math/MathML"><apply><geq/><csymbol encoding="text"
+         definitionURL="http://www.sbml.org/sbml/symbols/time">t</csymbol><cn>2</cn></apply>
+         </math></trigger><delay><math xmlns="http://www.w3.org/1998/Math/MathML"><cn>1</cn>
+         </math></delay><listOfEventAssignments><eventAssignment variable="k"><math
+         xmlns="http://www.w3.org/1998/Math/MathML"><cn>1</cn></math></eventAssignment>
+         </listOfEventAssignments></event></listOfEvents>""",
+            "event 'late' has a delay, which pkpd_cart cannot represent",
+        ),
+    ],
+)
+def test_unsupported_sbml_fails_with_one_clear_line(rules, extra, message):
+    with pytest.raises(pk.ModelDefinitionError) as info:
+        pk.from_sbml(DOC.format(rules=rules, extra=extra))
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(pk.ModelDefinitionError, match="does not exist"):
+        pk.from_sbml(tmp_path / "none.xml")
+    bad = tmp_path / "bad.xml"
+    bad.write_text("<sbml><model")
+    with pytest.raises(pk.ModelDefinitionError, match="bad.xml: line"):
+        pk.from_sbml(bad)
