@@ -13,7 +13,6 @@ from pkpd_cart.errors import (
     PkpdCartWarning,
     SimulationError,
 )
-from pkpd_cart.fit import FitResult, fit
 from pkpd_cart.loading import available_models, load_model
 from pkpd_cart.modelling import (
     Model,
@@ -28,11 +27,28 @@ from pkpd_cart.modelling import (
 )
 from pkpd_cart.objective import ErrorModel
 from pkpd_cart.population import simulate_population
-from pkpd_cart.sbml import from_sbml, sbml_doses
 from pkpd_cart.simulate import Dose, SolverOptions, Trajectory, simulate, simulate_batch
-from pkpd_cart.uncertainty import profile_likelihood
 
 __version__ = "0.1.0"
+
+# Fitting (lmfit) and SBML (libsbml) are imported on first use: importing the package to
+# simulate stays fast (PEP 562 module __getattr__).
+_LAZY = {
+    "fit": "pkpd_cart.fit",
+    "FitResult": "pkpd_cart.fit",
+    "profile_likelihood": "pkpd_cart.uncertainty",
+    "from_sbml": "pkpd_cart.sbml",
+    "sbml_doses": "pkpd_cart.sbml",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'pkpd_cart' has no attribute {name!r}")
+
 
 __all__ = [
     "BackendWarning",

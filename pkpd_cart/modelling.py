@@ -482,6 +482,29 @@ class Model:
     parameter_set_notes: Mapping[str, str] = field(repr=False)
     notes: tuple[str, ...] = ()
 
+    # -- pickling (for worker processes and Dask) ---------------------------------------
+    _MAPPINGS = (
+        "parameters",
+        "states",
+        "expressions",
+        "observables",
+        "switches",
+        "terms",
+        "parameter_set_notes",
+    )
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        for name in self._MAPPINGS:
+            state[name] = dict(state[name])
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        for name, value in state.items():
+            if name in self._MAPPINGS:
+                value = types.MappingProxyType(dict(value))
+            object.__setattr__(self, name, value)
+
     # -- symbolic views ----------------------------------------------------------------
     @property
     def parameter_sets(self) -> pd.DataFrame:

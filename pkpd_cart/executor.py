@@ -1,0 +1,103 @@
+"""One interface for embarrassingly parallel work: local processes or a Dask cluster.
+
+Multi-start fits, profiles, bootstraps and virtual populations are lists of independent
+tasks. :func:`get_executor` turns what the user passes into an object with
+``map(function, items) -> list``:
+
+* ``None`` or ``1``: run in this process;
+* an integer ``n > 1``: ``n`` local worker processes (``concurrent.futures``);
+* a ``dask.distributed.Client``, or a scheduler address such as ``"tcp://host:8786"``:
+  the tasks go to that cluster (the ``dask`` extra).
+
+The function and items must be picklable (models are).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+from pkpd_cart.errors import InputError
+
+
+class SerialExecutor:
+    """Runs the tasks in this process, in order."""
+
+    workers = 1
+
+    def map(self, function: Callable, items: Iterable) -> list:
+        return [function(item) for item in items]
+
+
+_FORKED: tuple | None = None  # (function, items) inherited by forked workers
+
+
+def _call_forked(index: int):
+    function, items = _FORKED
+    return function(items[index])
+
+
+class LocalExecutor:
+    """Local worker processes.
+
+    On Linux the workers are forked: the function and the items are inherited, not
+    pickled (so lambdas and compiled models work); only results travel back. Elsewhere
+    they are spawned and must be picklable.
+    """
+
+    def __init__(self, workers: int | None = None):
+        self.workers = workers or os.cpu_count() or 1
+
+    def map(self, function: Callable, items: Iterable) -> list:
+        global _FORKED
+        items = list(items)
+        if "fork" in mp.get_all_start_methods():
+            _FORKED = (function, items)
+            try:
+                with ProcessPoolExecutor(self.workers, mp_context=mp.get_context("fork")) as pool:
+                    return list(pool.map(_call_forked, range(len(items))))
+            finally:
+                _FORKED = None
+        with ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn")) as pool:
+            return list(pool.map(function, items))
+
+
+class DaskExecutor:
+    """Tasks on a Dask distributed cluster (a ``Client`` or a scheduler address)."""
+
+    def __init__(self, client: Any):
+        try:
+            from dask.distributed import Client
+        except ImportError:
+            raise InputError("Dask is not installed: pip install 'pkpd_cart[dask]'") from None
+        self.client = client if isinstance(client, Client) else Client(client)
+        self.workers = max(1, len(self.client.scheduler_info().get("workers", {})))
+
+    def map(self, function: Callable, items: Iterable) -> list:
+        futures = self.client.map(function, list(items), pure=False)
+        return self.client.gather(futures)
+
+
+def get_executor(executor: Any = None):
+    """An executor from ``None``/int (local), a Dask ``Client`` or a scheduler address."""
+    if executor is None:
+        return SerialExecutor()
+    if isinstance(executor, (SerialExecutor, LocalExecutor, DaskExecutor)):
+        return executor
+    if isinstance(executor, bool):
+        raise InputError(
+            "executor must be None, a number of processes, a Dask Client or a scheduler address"
+        )
+    if isinstance(executor, int):
+        if executor < 1:
+            raise InputError(f"number of processes must be >= 1, not {executor}")
+        return SerialExecutor() if executor == 1 else LocalExecutor(executor)
+    if isinstance(executor, str) or type(executor).__name__ == "Client":
+        return DaskExecutor(executor)
+    raise InputError(
+        f"cannot run tasks on {type(executor).__name__!r}: give None, a number "
+        "of processes, a Dask Client or a scheduler address"
+    )
