@@ -64,40 +64,44 @@ def roadrunner_for(model, doses, rtol, atol):
 def part_a_b(rtol=1e-8, atol=1e-8):
     print(f"(a, b) one 365-day simulation, rtol={rtol}, atol={atol}")
     for name, doses in CASES.items():
-        model = pk.load_model(name)
-        times = np.linspace(model.start_time, 365.0, 366)
-        opts = pk.SolverOptions(rtol=rtol, atol=atol)
-        model.simulate(times, doses=doses, options=opts, sensitivities=True)  # JIT
-        rr = roadrunner_for(model, doses, rtol, atol)
-        shifted = times - model.start_time
+        one_model(name, doses, rtol, atol)
 
-        def run_rr():
-            rr.reset()
-            return rr.simulate(times=shifted)
 
-        ours = model.simulate(times, doses=doses, options=opts)[list(model.states)].to_numpy()
-        theirs = np.array(run_rr())[:, 1:]
-        scale = np.maximum(np.abs(ours).max(axis=0), 1e-6)
-        agree = float(np.max(np.abs(ours - theirs) / scale))
-        t_rr = best(run_rr)
-        t_plain = best(lambda: model.simulate(times, doses=doses, options=opts))
-        t_sens = best(lambda: model.simulate(times, doses=doses, options=opts, sensitivities=True))
-        tight = pk.SolverOptions(rtol=1e-11, atol=atol, sensitivity_error_control=True)
-        from pkpd_cart.simulate import simulate
+def one_model(name, doses, rtol, atol):
+    from pkpd_cart.simulate import simulate
 
-        ref = simulate(model, times, doses=doses, options=tight, sensitivities=True)
-        got = simulate(model, times, doses=doses, options=opts, sensitivities=True)
-        s_scale = np.max(np.abs(ref.state_sensitivities), axis=0)
-        floor = np.maximum(1e-6 * np.max(np.abs(ref.states), axis=0), 100 * atol)
-        relevant = s_scale * np.abs(ref.parameters) > floor[:, None]
-        err = np.max(np.abs(got.state_sensitivities - ref.state_sensitivities), axis=0)
-        accuracy = float(np.max(err[relevant] / s_scale[relevant]))
-        print(
-            f"  {name:12s} roadrunner {t_rr * 1e3:7.2f} ms | pkpd_cart {t_plain * 1e3:7.2f} ms "
-            f"= {t_plain / t_rr:5.2f}x roadrunner | with {len(model.parameters)} "
-            f"sensitivities {t_sens * 1e3:7.2f} ms = {t_sens / t_plain:4.1f}x plain, "
-            f"max rel. error {accuracy:.1e} | agreement {agree:.1e}"
-        )
+    model = pk.load_model(name)
+    times = np.linspace(model.start_time, 365.0, 366)
+    opts = pk.SolverOptions(rtol=rtol, atol=atol)
+    model.simulate(times, doses=doses, options=opts, sensitivities=True)  # JIT
+    rr = roadrunner_for(model, doses, rtol, atol)
+    shifted = times - model.start_time  # SBML time starts at 0
+
+    def run_rr():
+        rr.reset()
+        return rr.simulate(times=shifted)
+
+    ours = model.simulate(times, doses=doses, options=opts)[list(model.states)].to_numpy()
+    theirs = np.array(run_rr())[:, 1:]
+    scale = np.maximum(np.abs(ours).max(axis=0), 1e-6)
+    agree = float(np.max(np.abs(ours - theirs) / scale))
+    t_rr = best(run_rr)
+    t_plain = best(lambda: model.simulate(times, doses=doses, options=opts))
+    t_sens = best(lambda: model.simulate(times, doses=doses, options=opts, sensitivities=True))
+    tight = pk.SolverOptions(rtol=1e-11, atol=atol, sensitivity_error_control=True)
+    ref = simulate(model, times, doses=doses, options=tight, sensitivities=True)
+    got = simulate(model, times, doses=doses, options=opts, sensitivities=True)
+    s_scale = np.max(np.abs(ref.state_sensitivities), axis=0)
+    floor = np.maximum(1e-6 * np.max(np.abs(ref.states), axis=0), 100 * atol)
+    relevant = s_scale * np.abs(ref.parameters) > floor[:, None]
+    err = np.max(np.abs(got.state_sensitivities - ref.state_sensitivities), axis=0)
+    accuracy = float(np.max(err[relevant] / s_scale[relevant]))
+    print(
+        f"  {name:12s} roadrunner {t_rr * 1e3:7.2f} ms | pkpd_cart {t_plain * 1e3:7.2f} ms "
+        f"= {t_plain / t_rr:5.2f}x roadrunner | with {len(model.parameters)} "
+        f"sensitivities {t_sens * 1e3:7.2f} ms = {t_sens / t_plain:4.1f}x plain, "
+        f"max rel. error {accuracy:.1e} | agreement {agree:.1e}"
+    )
 
 
 def part_c(n: int):

@@ -150,20 +150,21 @@ def write(out: Path, model, runs, n: int, seed: int) -> None:
                     "# Virtual dose-response trial of sle_cart (SIMULATION)",
                     "",
                     "> **This is a simulation, not data.** Virtual patients are drawn from the "
-                    "sle_cart population calibrated to the published Mackensen 2022 cohort summaries; "
-                    "only 1e6 cells/kg was studied, so other doses are extrapolations of the model.",
+                    "sle_cart population calibrated to the published Mackensen 2022 cohort "
+                    "summaries; only 1e6 cells/kg was studied, so other doses are "
+                    "extrapolations of the model.",
                     "",
                     f"n = {n} virtual patients per dose level (the same patients at every level, "
                     f"seed {seed}); body weight ~ normal(65, 12) kg truncated to 40-120 kg "
-                    "(assumed); dose on day 0 after lymphodepletion on days -5 to -3; model defaults "
-                    "for all parameters without variability. Medians with 5-95% prediction "
-                    "intervals.",
+                    "(assumed); dose on day 0 after lymphodepletion on days -5 to -3; model "
+                    "defaults for all parameters without variability. Medians with 5-95% "
+                    "prediction intervals.",
                     "",
                     *lines,
                     "",
-                    "Assumptions: the model's (see docs/models/sle_cart.md), plus: variability only "
-                    "in the calibrated parameters (expansion rate and programme length); B-cell "
-                    "return censored at day 400; anti-dsDNA cut-off 10 IU/mL.",
+                    "Assumptions: the model's (see docs/models/sle_cart.md), plus: variability "
+                    "only in the calibrated parameters (expansion rate and programme length); "
+                    "B-cell return censored at day 400; anti-dsDNA cut-off 10 IU/mL.",
                     "",
                     "![dose response](dose_response.png)",
                     "",
