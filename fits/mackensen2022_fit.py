@@ -26,7 +26,7 @@ import pandas as pd
 from pkpd_cart.models.sle_cart import summarise
 
 import pkpd_cart as pk
-from pkpd_cart.fit import fit
+from pkpd_cart.fitting import fit
 from pkpd_cart.objective import ErrorModel
 from pkpd_cart.output import atomic_directory
 from pkpd_cart.report import write_fit_report

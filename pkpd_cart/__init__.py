@@ -34,8 +34,8 @@ __version__ = "0.1.0"
 # Fitting (lmfit) and SBML (libsbml) are imported on first use: importing the package to
 # simulate stays fast (PEP 562 module __getattr__).
 _LAZY = {
-    "fit": "pkpd_cart.fit",
-    "FitResult": "pkpd_cart.fit",
+    "fit": "pkpd_cart.fitting",
+    "FitResult": "pkpd_cart.fitting",
     "profile_likelihood": "pkpd_cart.uncertainty",
     "from_sbml": "pkpd_cart.sbml",
     "sbml_doses": "pkpd_cart.sbml",

@@ -192,7 +192,7 @@ def _run(args: argparse.Namespace) -> None:
             plot_simulation(model, frame, path=args.plot)
             print(f"wrote {args.plot}")
     elif args.command == "fit":
-        from pkpd_cart.fit import fit
+        from pkpd_cart.fitting import fit
         from pkpd_cart.report import write_fit_report
         from pkpd_cart.uncertainty import profile_likelihood
 

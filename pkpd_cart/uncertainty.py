@@ -68,7 +68,7 @@ def profile_likelihood(
     max_nfev: int = 60,
 ) -> dict[str, Profile]:
     """Profiles of the given estimates (lmfit names; default all) of a :class:`FitResult`."""
-    from pkpd_cart.fit import _fit_result
+    from pkpd_cart.fitting import _fit_result
 
     problem = result.problem
     specs = {s.name: k for k, s in enumerate(problem.specs)}
@@ -154,7 +154,7 @@ def bootstrap_by_subject(result, n: int = 100, seed: int = 0, **fit_kwargs) -> p
     parameters and sigmas (per-subject parameters do not carry over between resamples).
     """
     from pkpd_cart.dataset import Dataset
-    from pkpd_cart.fit import fit
+    from pkpd_cart.fitting import fit
 
     problem = result.problem
     data = problem.dataset
