@@ -25,6 +25,7 @@ import matplotlib
 
 matplotlib.use("Agg", force=False)
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -216,7 +217,8 @@ def figure_profiles(profiles: Mapping, path: Path) -> None:
     for ax, prof in zip(axes, profiles.values()):
         ax.plot(prof.values, prof.delta_ofv, "o-", ms=3)
         ax.axhline(CHI2_95, color="C3", ls="--", lw=0.8)
-        ax.set_xscale("log" if np.all(prof.values > 0) else "linear")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(4))  # natural scale
+        ax.tick_params(labelsize=7)
         ax.set_title(
             prof.name + ("" if prof.identifiable else "  (NOT identifiable)"),
             fontsize=8,
