@@ -130,6 +130,20 @@ def _xml(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def _time_event(libsbml, m, event_id: str, at: str, variable: str, value: str) -> None:
+    """An event ``time >= at: variable = value`` (persistent, values at trigger time)."""
+    ev = m.createEvent()
+    ev.setId(event_id)
+    ev.setUseValuesFromTriggerTime(True)
+    trig = ev.createTrigger()
+    trig.setInitialValue(False)
+    trig.setPersistent(True)
+    trig.setMath(_math(libsbml, f"time >= {at}", f"event {event_id}"))
+    ea = ev.createEventAssignment()
+    ea.setVariable(variable)
+    ea.setMath(_math(libsbml, value, f"event {event_id}"))
+
+
 def to_sbml(model: Model, path: str | Path | None = None, doses: list[Dose] = ()) -> str:
     """Write ``model`` (and optional ``doses`` as events) as SBML L3V2; returns the text.
 
@@ -194,16 +208,7 @@ def to_sbml(model: Model, path: str | Path | None = None, doses: list[Dose] = ()
                 f"the initial value of switch {sw.name}",
             )
         )
-        ev = m.createEvent()
-        ev.setId(f"event_{sw.name}")
-        ev.setUseValuesFromTriggerTime(True)
-        trig = ev.createTrigger()
-        trig.setInitialValue(False)
-        trig.setPersistent(True)
-        trig.setMath(_math(libsbml, f"time >= {fml(sw.at)} - ({origin!r})", f"switch {sw.name}"))
-        ea = ev.createEventAssignment()
-        ea.setVariable(sw.name)
-        ea.setMath(_math(libsbml, "1", sw.name))
+        _time_event(libsbml, m, f"event_{sw.name}", f"{fml(sw.at)} - ({origin!r})", sw.name, "1")
     for e in model.expressions.values():
         parameter(e.name, None, False, e.unit, e.description)
         rule = m.createAssignmentRule()
@@ -228,16 +233,14 @@ def to_sbml(model: Model, path: str | Path | None = None, doses: list[Dose] = ()
     for i, d in enumerate(sorted(doses, key=lambda d: d.time)):
         if d.target not in model.states:
             raise ModelDefinitionError(f"SBML export: dose target '{d.target}' is not a state")
-        ev = m.createEvent()
-        ev.setId(f"dose_{i + 1}")
-        ev.setUseValuesFromTriggerTime(True)
-        trig = ev.createTrigger()
-        trig.setInitialValue(False)
-        trig.setPersistent(True)
-        trig.setMath(_math(libsbml, f"time >= {d.time - origin!r}", f"dose {i + 1}"))
-        ea = ev.createEventAssignment()
-        ea.setVariable(d.target)
-        ea.setMath(_math(libsbml, f"{d.target} + {d.amount!r}", f"dose {i + 1}"))
+        _time_event(
+            libsbml,
+            m,
+            f"dose_{i + 1}",
+            repr(d.time - origin),
+            d.target,
+            f"{d.target} + {d.amount!r}",
+        )
     text = libsbml.writeSBMLToString(doc)
     if path is not None:
         Path(path).write_text(text)
