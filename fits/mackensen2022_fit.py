@@ -203,10 +203,14 @@ def main(argv: list[str] | None = None) -> Path:
         if args.variant == "shared"
         else DEFAULT_OUT.with_name("mackensen2022_fit_individual")
     )
-    if args.variant == "shared":
-        run_shared(data, out, args.starts, args.workers, not args.no_profiles, args.seed)
-    else:
-        run_individual(data, out, args.seed)
+    try:  # a failed fit is one line; the report folder is then left untouched
+        if args.variant == "shared":
+            run_shared(data, out, args.starts, args.workers, not args.no_profiles, args.seed)
+        else:
+            run_individual(data, out, args.seed)
+    except pk.PkpdCartError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
     print(f"report: {out / 'report.md'} (and report.html)")
     return out
 
