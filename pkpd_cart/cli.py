@@ -216,7 +216,7 @@ def _run(args: argparse.Namespace) -> None:
         profiles = None
         if args.profiles:
             shared = [s.name for s in result.problem.specs if s.subject is None]
-            profiles = profile_likelihood(result, shared)
+            profiles = profile_likelihood(result, shared, executor=max(args.workers, 1))
         settings = {
             "command": "pkpd-cart fit",
             "estimated (shared)": args.estimate or "-",

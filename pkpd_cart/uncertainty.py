@@ -66,76 +66,88 @@ def profile_likelihood(
     max_steps: int = 8,
     level: float = CHI2_95,
     max_nfev: int = 60,
+    executor=None,
 ) -> dict[str, Profile]:
-    """Profiles of the given estimates (lmfit names; default all) of a :class:`FitResult`."""
+    """Profiles of the given estimates (lmfit names; default all) of a :class:`FitResult`.
+
+    ``executor`` runs the profiles in parallel: a number of local processes, or a Dask
+    client (see :mod:`pkpd_cart.executor`).
+    """
+    from functools import partial
+
+    from pkpd_cart.executor import get_executor
+
+    specs = {s.name for s in result.problem.specs}
+    names = list(names) if names is not None else [s.name for s in result.problem.specs]
+    for name in names:
+        if name not in specs:
+            raise FitError(f"no estimated parameter '{name}' to profile")
+    one = partial(_profile_one, result, max_steps=max_steps, level=level, max_nfev=max_nfev)
+    return dict(zip(names, get_executor(executor).map(one, names)))
+
+
+def _profile_one(result, name: str, max_steps: int, level: float, max_nfev: int) -> Profile:
+    """The profile of one estimate (refits warm-started from the neighbouring point)."""
     from pkpd_cart.fitting import _fit_result
 
     problem = result.problem
     specs = {s.name: k for k, s in enumerate(problem.specs)}
-    names = list(names) if names is not None else [s.name for s in problem.specs]
     base_params = problem.lmfit_parameters()
     x_hat, ofv_hat = result.x, result.ofv
-    profiles = {}
-    for name in names:
-        if name not in specs:
-            raise FitError(f"no estimated parameter '{name}' to profile")
-        k = specs[name]
-        se = result.parameters["se_internal"].iloc[k]
-        step = 0.6 * se if np.isfinite(se) and se > 0 else 0.15
-        step = float(np.clip(step, 0.01, 0.5))
-        lo_bound, hi_bound = base_params[name].min, base_params[name].max
-        points = {0.0: 0.0}
-        open_sides = []
-        for direction in (-1, 1):
-            x_prev = x_hat.copy()
-            reached = False
-            for i in range(1, max_steps + 1):
-                value = x_hat[k] + direction * i * step
-                if not lo_bound <= value <= hi_bound:
-                    break
-                params = base_params.copy()
-                params[name].set(value=value, vary=False)
-                start = x_prev.copy()
-                start[k] = value
-                res = _fit_result(problem, params, start, max_nfev)
-                if res is None:
-                    break
-                x_new = np.array([res.params[s.name].value for s in problem.specs])
-                delta = problem.evaluate(x_new)[2] - ofv_hat
-                points[direction * i * step] = delta
-                x_prev = x_new
-                if delta > level + 1.0:
-                    reached = True
-                    break
-            if (
-                not reached
-                and max((d for o, d in points.items() if o * direction > 0), default=0.0) <= level
-            ):
-                open_sides.append("lower" if direction < 0 else "upper")
-        offsets = sorted(points)
-        deltas = [points[o] for o in offsets]
-        internal = x_hat[k] + np.array(offsets)
-        spec = problem.specs[k]
-        natural = np.array([spec.to_natural(v) for v in internal])
-        left = [(o, d) for o, d in zip(offsets, deltas) if o <= 0][::-1]
-        right = [(o, d) for o, d in zip(offsets, deltas) if o >= 0]
-        lo = _crossing([o for o, _ in left], [d for _, d in left], level)
-        hi = _crossing([o for o, _ in right], [d for _, d in right], level)
-        ci_low = spec.to_natural(x_hat[k] + lo) if lo is not None else float("nan")
-        ci_high = spec.to_natural(x_hat[k] + hi) if hi is not None else float("nan")
-        if min(deltas) < -0.5:
-            note = "profile found a lower OFV: the fit had not converged to the minimum"
-        elif open_sides:
-            note = (
-                f"not identifiable: the OFV does not rise by {level:.2f} on the "
-                f"{' and '.join(open_sides)} side"
-            )
-        else:
-            note = ""
-        profiles[name] = Profile(
-            name, internal, natural, np.array(deltas), ci_low, ci_high, not open_sides, note
+    k = specs[name]
+    se = result.parameters["se_internal"].iloc[k]
+    step = 0.6 * se if np.isfinite(se) and se > 0 else 0.15
+    step = float(np.clip(step, 0.01, 0.5))
+    lo_bound, hi_bound = base_params[name].min, base_params[name].max
+    points = {0.0: 0.0}
+    open_sides = []
+    for direction in (-1, 1):
+        x_prev = x_hat.copy()
+        reached = False
+        for i in range(1, max_steps + 1):
+            value = x_hat[k] + direction * i * step
+            if not lo_bound <= value <= hi_bound:
+                break
+            params = base_params.copy()
+            params[name].set(value=value, vary=False)
+            start = x_prev.copy()
+            start[k] = value
+            res = _fit_result(problem, params, start, max_nfev)
+            if res is None:
+                break
+            x_new = np.array([res.params[s.name].value for s in problem.specs])
+            delta = problem.evaluate(x_new)[2] - ofv_hat
+            points[direction * i * step] = delta
+            x_prev = x_new
+            if delta > level + 1.0:
+                reached = True
+                break
+        if (
+            not reached
+            and max((d for o, d in points.items() if o * direction > 0), default=0.0) <= level
+        ):
+            open_sides.append("lower" if direction < 0 else "upper")
+    offsets = sorted(points)
+    deltas = [points[o] for o in offsets]
+    internal = x_hat[k] + np.array(offsets)
+    spec = problem.specs[k]
+    natural = np.array([spec.to_natural(v) for v in internal])
+    left = [(o, d) for o, d in zip(offsets, deltas) if o <= 0][::-1]
+    right = [(o, d) for o, d in zip(offsets, deltas) if o >= 0]
+    lo = _crossing([o for o, _ in left], [d for _, d in left], level)
+    hi = _crossing([o for o, _ in right], [d for _, d in right], level)
+    ci_low = spec.to_natural(x_hat[k] + lo) if lo is not None else float("nan")
+    ci_high = spec.to_natural(x_hat[k] + hi) if hi is not None else float("nan")
+    if min(deltas) < -0.5:
+        note = "profile found a lower OFV: the fit had not converged to the minimum"
+    elif open_sides:
+        note = (
+            f"not identifiable: the OFV does not rise by {level:.2f} on the "
+            f"{' and '.join(open_sides)} side"
         )
-    return profiles
+    else:
+        note = ""
+    return Profile(name, internal, natural, np.array(deltas), ci_low, ci_high, not open_sides, note)
 
 
 def sample_estimates(result, n: int = 200, seed: int = 0) -> np.ndarray:

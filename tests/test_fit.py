@@ -294,3 +294,19 @@ def test_profile_likelihood_interval_and_non_identifiable_parameter():
     prof_f = profile_likelihood(res, ["log_F"], max_steps=4)["log_F"]
     assert not prof_f.identifiable
     assert "not identifiable" in prof_f.note
+
+
+def test_profiles_in_processes_equal_serial():
+    from pkpd_cart.uncertainty import profile_likelihood
+
+    data = simulated_data(("lognormal", 0.15, 0), seed=4, n_subjects=3)
+    result = fit(
+        one_compartment(), data, estimate=["k", "V"], error_models={"C": ErrorModel.lognormal(0.3)}
+    )
+    serial = profile_likelihood(result, max_steps=3)
+    parallel = profile_likelihood(result, max_steps=3, executor=2)
+    assert list(serial) == list(parallel) == ["log_k", "log_V", "log_sigma_C_log"]
+    for name in serial:
+        np.testing.assert_allclose(serial[name].delta_ofv, parallel[name].delta_ofv, rtol=1e-9)
+    with pytest.raises(pk.FitError, match="no estimated parameter 'log_x' to profile"):
+        profile_likelihood(result, ["log_x"])
