@@ -93,7 +93,7 @@ def run_shared(data, out: Path, starts: int, workers: int, profiles: bool, seed:
         progress=starts > 1,
     )
     names = [s.name for s in result.problem.specs]  # every estimate, per-patient ones too
-    prof = profile_likelihood(result, names) if profiles else None
+    prof = profile_likelihood(result, names, executor=max(workers, 2)) if profiles else None
     settings = {
         "variant": "shared and per-patient parameters",
         "estimated (shared)": ", ".join(SHARED),
@@ -103,7 +103,7 @@ def run_shared(data, out: Path, starts: int, workers: int, profiles: bool, seed:
         "optimiser": "lmfit least_squares (trust-region reflective), exact Jacobian from "
         "forward sensitivities",
         "starts": f"{starts} (Latin hypercube)" if starts > 1 else "1 (model defaults)",
-        "profiles": "every estimate" if profiles else "not computed",
+        "profiles": "every estimate (2 processes)" if profiles else "not computed",
         "fixed": "all other sle_cart parameters at their literature defaults",
     }
     write_fit_report(

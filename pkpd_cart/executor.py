@@ -37,7 +37,16 @@ _FORKED: tuple | None = None  # (function, items) inherited by forked workers
 
 def _call_forked(index: int):
     function, items = _FORKED
-    return function(items[index])
+    return _one_blas_thread(function, items[index])
+
+
+def _one_blas_thread(function: Callable, item):
+    """Run with one BLAS thread: the workers already use the cores; idle BLAS threads
+    spinning in every worker made parallel profiles slower than serial ones."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        return function(item)
 
 
 class LocalExecutor:
