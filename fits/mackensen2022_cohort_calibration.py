@@ -174,8 +174,11 @@ def write_report(out: Path, model, result, n: int, seed: int) -> None:
             "|---|---|---|---|---|---|",
         ]
         for c in comp.itertuples():
+            # likelihood-type targets have no single published number: show the note
+            published = f"{c.published:.4g}" if np.isfinite(c.published) else c.note
+            sigma = f"{c.sigma:.3g}" if np.isfinite(c.sigma) else "-"
             lines.append(
-                f"| {c.summary} | {c.published:.4g} | {c.sigma:.3g} | "
+                f"| {c.summary} | {published} | {sigma} | "
                 f"{c.simulated:.4g} | {c.weighted_residual:+.2f} | {c.source} |"
             )
         lines += [

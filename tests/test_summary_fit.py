@@ -116,3 +116,29 @@ def test_calibration_recovers_known_values_within_their_uncertainty():
         assert row["estimate"] == pytest.approx(true, rel=0.1)
     assert result.n_failed_simulations == 0
     assert set(result.comparison["summary"]) == {"day_mean", "day_sd", "log_pct_median"}
+
+
+def test_cohort_calibration_script_writes_a_complete_report(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "fits" / "mackensen2022_cohort_calibration.py"
+    spec = importlib.util.spec_from_file_location("calibration", path)
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    model, result = job.calibrate(n=12, seed=1, max_nfev=4)  # a short run: plumbing only
+    out = tmp_path / "calib"
+    job.write_report(out, model, result, 12, 1)
+    assert {
+        "report.md",
+        "estimates.csv",
+        "comparison.csv",
+        "population.json",
+        "population_bands.png",
+    } <= {p.name for p in out.iterdir()}
+    md = (out / "report.md").read_text()
+    assert "published cohort summaries only (real data" in md
+    assert "| B_return_mean | 110 |" in md and "nan" not in md.split("## Published")[1]
+    population = json.loads((out / "population.json").read_text())
+    assert set(population["typical"]) == {"k_exp", "T_exp", "k_M"}
