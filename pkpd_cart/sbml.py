@@ -284,10 +284,8 @@ def _origin(m) -> float:
     return 0.0
 
 
-_ORIGIN = {"value": 0.0}  # time origin of the document being read (see from_sbml)
-
-
-def _sympify(libsbml, node, where: str, element: str) -> sp.Expr:
+def _sympify(libsbml, origin: float, node, where: str, element: str) -> sp.Expr:
+    """sympy expression of an SBML math node; SBML ``time`` is model time minus ``origin``."""
     if node is None:
         raise ModelDefinitionError(f"{where}: {element} has no math")
     text = libsbml.formulaToL3String(node)
@@ -298,7 +296,7 @@ def _sympify(libsbml, node, where: str, element: str) -> sp.Expr:
             )
     text = text.replace("&&", "&").replace("||", "|")
     names = {
-        "time": t - _ORIGIN["value"],
+        "time": t - origin,
         "ln": sp.log,
         "log10": lambda x: sp.log(x, 10),
         "pow": sp.Pow,
@@ -340,7 +338,8 @@ def _unit_of(element) -> str:
     return "1"
 
 
-def _event_time(libsbml, ev, where) -> sp.Expr | None:
+def _event_time(libsbml, origin: float, ev, where) -> sp.Expr:
+    """Model time ``T`` of an event triggered by ``time >= T`` (anything else is refused)."""
     trig = ev.getTrigger()
     node = trig.getMath() if trig is not None else None
     if node is None:
@@ -359,9 +358,7 @@ def _event_time(libsbml, ev, where) -> sp.Expr | None:
         and node.getChild(0).getType() == libsbml.AST_NAME_TIME
     ):
         # SBML time = model time - origin
-        return (
-            _sympify(libsbml, node.getChild(1), where, f"event '{ev.getId()}'") + _ORIGIN["value"]
-        )
+        return _sympify(libsbml, origin, node.getChild(1), where, f"event '{ev.getId()}'") + origin
     raise ModelDefinitionError(
         f"{where}: event '{ev.getId()}': only triggers 'time >= "
         f"expression' are supported, not "
@@ -372,14 +369,10 @@ def _event_time(libsbml, ev, where) -> sp.Expr | None:
 def from_sbml(path_or_text: str | Path, name: str | None = None) -> Model:
     """Read an SBML model into a :class:`Model` (doses: :func:`sbml_doses`)."""
     libsbml, m, where = _read(path_or_text)
-    _ORIGIN["value"] = _origin(m)
-    try:
-        return _from_sbml(libsbml, m, where, name)
-    finally:
-        _ORIGIN["value"] = 0.0
+    return _from_sbml(libsbml, _origin(m), m, where, name)
 
 
-def _from_sbml(libsbml, m, where: str, name: str | None) -> Model:
+def _from_sbml(libsbml, origin: float, m, where: str, name: str | None) -> Model:
     for i in range(m.getNumRules()):
         rule = m.getRule(i)
         if rule.isAlgebraic():
@@ -394,7 +387,7 @@ def _from_sbml(libsbml, m, where: str, name: str | None) -> Model:
         name or m.getId() or "sbml_model",
         description=m.getName() or "",
         reference=f"imported from SBML {where}",
-        start_time=_ORIGIN["value"],
+        start_time=origin,
     )
     rate_rules = {
         m.getRule(i).getVariable(): m.getRule(i)
@@ -410,27 +403,8 @@ def _from_sbml(libsbml, m, where: str, name: str | None) -> Model:
         m.getInitialAssignment(i).getSymbol(): m.getInitialAssignment(i)
         for i in range(m.getNumInitialAssignments())
     }
-    switch_events, dose_events = {}, set()
-    for i in range(m.getNumEvents()):
-        ev = m.getEvent(i)
-        at = _event_time(libsbml, ev, where)
-        if ev.getNumEventAssignments() != 1:
-            raise ModelDefinitionError(
-                f"{where}: event '{ev.getId()}' must assign exactly one variable"
-            )
-        ea = ev.getEventAssignment(0)
-        value = _sympify(libsbml, ea.getMath(), where, f"event '{ev.getId()}'")
-        var = sp.Symbol(ea.getVariable(), real=True)
-        if value.is_number and ea.getVariable() not in rate_rules:
-            switch_events[ea.getVariable()] = at
-        elif (value - var).is_number and at.is_number:
-            dose_events.add(ea.getVariable())
-        else:
-            raise ModelDefinitionError(
-                f"{where}: event '{ev.getId()}' is neither a switch "
-                "(set a parameter to a constant) nor a dose (add a "
-                "constant to a variable)"
-            )
+    switch_events, doses = _events(libsbml, origin, m, where, set(rate_rules))
+    dose_events = {d.target for d in doses}
     species_rates: dict[str, sp.Expr] = {}
     for i in range(m.getNumReactions()):
         r = m.getReaction(i)
@@ -444,7 +418,7 @@ def _from_sbml(libsbml, m, where: str, name: str | None) -> Model:
                 f"{where}: reaction '{r.getId()}' has local parameters "
                 "(promote them to global parameters)"
             )
-        rate = _sympify(libsbml, law.getMath(), where, f"reaction '{r.getId()}'")
+        rate = _sympify(libsbml, origin, law.getMath(), where, f"reaction '{r.getId()}'")
         for refs, sign in ((r.getListOfReactants(), -1), (r.getListOfProducts(), 1)):
             for ref in refs:
                 if (
@@ -474,7 +448,7 @@ def _from_sbml(libsbml, m, where: str, name: str | None) -> Model:
                 continue
             if pid in initial:  # a constant set by an initial assignment: an expression
                 init_exprs[pid] = _sympify(
-                    libsbml, initial[pid].getMath(), where, f"initialAssignment of '{pid}'"
+                    libsbml, origin, initial[pid].getMath(), where, f"initialAssignment of '{pid}'"
                 )
                 continue
             if isinstance(p, libsbml.Compartment):
@@ -518,7 +492,9 @@ def _from_sbml(libsbml, m, where: str, name: str | None) -> Model:
     for sid in states:
         element = m.getElementBySId(sid)
         if sid in initial:
-            init = _sympify(libsbml, initial[sid].getMath(), where, f"initialAssignment of '{sid}'")
+            init = _sympify(
+                libsbml, origin, initial[sid].getMath(), where, f"initialAssignment of '{sid}'"
+            )
         elif isinstance(element, libsbml.Species):
             init = (
                 element.getInitialAmount()
@@ -535,13 +511,13 @@ def _from_sbml(libsbml, m, where: str, name: str | None) -> Model:
         )
     # assignment rules: observables when no equation uses them, else expressions
     exprs = {
-        v: _sympify(libsbml, rule.getMath(), where, f"assignmentRule of '{v}'")
+        v: _sympify(libsbml, origin, rule.getMath(), where, f"assignmentRule of '{v}'")
         for v, rule in assign_rules.items()
     }
     exprs.update(init_exprs)
     used: set[str] = set(init_exprs)
     for rule in rate_rules.values():
-        used |= {str(s) for s in _sympify(libsbml, rule.getMath(), where, "").free_symbols}
+        used |= {str(s) for s in _sympify(libsbml, origin, rule.getMath(), where, "").free_symbols}
     for rate in species_rates.values():
         used |= {str(s) for s in rate.free_symbols}
     for e in exprs.values():
@@ -552,7 +528,7 @@ def _from_sbml(libsbml, m, where: str, name: str | None) -> Model:
         used |= {
             str(s)
             for s in _sympify(
-                libsbml, ia.getMath(), where, f"initialAssignment of '{sid}'"
+                libsbml, origin, ia.getMath(), where, f"initialAssignment of '{sid}'"
             ).free_symbols
         }
     for v in _dependency_order(exprs):
@@ -561,7 +537,8 @@ def _from_sbml(libsbml, m, where: str, name: str | None) -> Model:
     for sid in states:
         if sid in rate_rules:
             b.add_term(
-                sid, _sympify(libsbml, rate_rules[sid].getMath(), where, f"rateRule of '{sid}'")
+                sid,
+                _sympify(libsbml, origin, rate_rules[sid].getMath(), where, f"rateRule of '{sid}'"),
             )
         if sid in species_rates:
             sp_el = m.getSpecies(sid)
@@ -597,22 +574,37 @@ def _dependency_order(exprs: dict[str, sp.Expr]) -> list[str]:
 def sbml_doses(path_or_text: str | Path) -> list[Dose]:
     """The dose events (``time >= T: x = x + A``) of an SBML file, as :class:`Dose`s."""
     libsbml, m, where = _read(path_or_text)
-    _ORIGIN["value"] = _origin(m)
-    try:
-        return _doses(libsbml, m, where)
-    finally:
-        _ORIGIN["value"] = 0.0
+    rate_rules = {
+        m.getRule(i).getVariable() for i in range(m.getNumRules()) if m.getRule(i).isRate()
+    }
+    return _events(libsbml, _origin(m), m, where, rate_rules)[1]
 
 
-def _doses(libsbml, m, where: str) -> list[Dose]:
-    doses = []
+def _events(libsbml, origin: float, m, where: str, rate_rules: set[str]):
+    """Classify the events: ``({switch parameter: time}, [Dose, ...])``.
+
+    A switch sets a parameter without a rate rule to a constant at ``time >= T``; a dose
+    adds a constant to a variable at a constant time. Anything else is refused in one line.
+    """
+    switches, doses = {}, []
     for i in range(m.getNumEvents()):
         ev = m.getEvent(i)
-        at = _event_time(libsbml, ev, where)
+        at = _event_time(libsbml, origin, ev, where)
+        if ev.getNumEventAssignments() != 1:
+            raise ModelDefinitionError(
+                f"{where}: event '{ev.getId()}' must assign exactly one variable"
+            )
         ea = ev.getEventAssignment(0)
-        value = _sympify(libsbml, ea.getMath(), where, f"event '{ev.getId()}'")
+        value = _sympify(libsbml, origin, ea.getMath(), where, f"event '{ev.getId()}'")
         var = sp.Symbol(ea.getVariable(), real=True)
-        amount = value - var
-        if amount.is_number and not value.is_number and at.is_number:
-            doses.append(Dose(float(at), float(amount), ea.getVariable()))
-    return doses
+        if value.is_number and ea.getVariable() not in rate_rules:
+            switches[ea.getVariable()] = at
+        elif (value - var).is_number and at.is_number:
+            doses.append(Dose(float(at), float(value - var), ea.getVariable()))
+        else:
+            raise ModelDefinitionError(
+                f"{where}: event '{ev.getId()}' is neither a switch "
+                "(set a parameter to a constant) nor a dose (add a "
+                "constant to a variable)"
+            )
+    return switches, doses
