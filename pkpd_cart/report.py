@@ -125,10 +125,16 @@ def _grid_axes(n: int, width: float = 3.2, height: float = 2.4):
     return fig, axes.ravel()
 
 
-def figure_individual_fits(result, observable: str, path: Path, label: str) -> None:
+def figure_individual_fits(
+    result, observable: str, path: Path, label: str, predictions: pd.DataFrame | None = None
+) -> None:
+    """Observed and predicted courses of one observable, a panel per subject.
+
+    ``predictions`` is ``result.predictions()`` when the caller already has it.
+    """
     problem = result.problem
     model = problem.model
-    obs = result.predictions()
+    obs = result.predictions() if predictions is None else predictions
     k = list(model.observables).index(observable)
     subjects = [s for s in problem.subjects if (s.records["DVID"] == observable).any()]
     fig, axes = _grid_axes(len(subjects))
@@ -183,8 +189,9 @@ def figure_individual_fits(result, observable: str, path: Path, label: str) -> N
     plt.close(fig)
 
 
-def figure_gof(result, path: Path) -> None:
-    pred = result.predictions()
+def figure_gof(result, path: Path, predictions: pd.DataFrame | None = None) -> None:
+    """Observed vs predicted, and residuals vs time and vs prediction."""
+    pred = result.predictions() if predictions is None else predictions
     seen = pred[pred["CENS"] == 0]
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     for i, (name, g) in enumerate(seen.groupby("DVID")):
@@ -314,16 +321,17 @@ def write_fit_report(
             "parameters": json.loads(table.to_json(orient="records")),
         }
         (tmp / "parameters.json").write_text(json.dumps(payload, indent=2) + "\n")
-        result.predictions().to_csv(tmp / "predictions.csv", index=False)
+        predictions = result.predictions()  # one simulation per subject, used below
+        predictions.to_csv(tmp / "predictions.csv", index=False)
         if result.correlation is not None:
             result.correlation.to_csv(tmp / "correlation.csv")
         figures = []
         label = "SYNTHETIC data" if synthetic else "data"
-        for obs in sorted(set(result.predictions()["DVID"])):
+        for obs in sorted(set(predictions["DVID"])):
             name = f"fit_{obs}.png"
-            figure_individual_fits(result, obs, tmp / name, label)
+            figure_individual_fits(result, obs, tmp / name, label, predictions)
             figures.append((f"Individual fits: {obs}", name))
-        figure_gof(result, tmp / "goodness_of_fit.png")
+        figure_gof(result, tmp / "goodness_of_fit.png", predictions)
         figures.append(("Goodness of fit", "goodness_of_fit.png"))
         if profiles:
             figure_profiles(profiles, tmp / "profiles.png")
