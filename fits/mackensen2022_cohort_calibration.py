@@ -13,20 +13,18 @@ the published uncertainty. Writes a report folder (all files or none).
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 from pathlib import Path
 
 import lmfit
 import numpy as np
-import scipy
-import sympy
 from pkpd_cart.models.sle_cart import mackensen_doses
 
 import pkpd_cart as pk
 from pkpd_cart.output import atomic_directory
 from pkpd_cart.plotting import plot_population_bands
 from pkpd_cart.population import observable_matrix
+from pkpd_cart.report import versions
 from pkpd_cart.summary_fit import Estimate, Target, fit_population_summaries
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -191,9 +189,7 @@ def write_report(out: Path, model, result, n: int, seed: int) -> None:
             "",
             "## Versions",
             "",
-            f"pkpd_cart {pk.__version__}, python {platform.python_version()}, numpy "
-            f"{np.__version__}, scipy {scipy.__version__}, sympy {sympy.__version__}, "
-            f"lmfit {lmfit.__version__}.",
+            ", ".join(f"{k} {v}" for k, v in versions().items()) + ".",
             "",
         ]
         (tmp / "report.md").write_text("\n".join(lines))
