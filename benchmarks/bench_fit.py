@@ -22,7 +22,7 @@ import lmfit
 import numpy as np
 
 import pkpd_cart as pk
-from pkpd_cart.fitting import DEFAULT_OPTIONS, Problem, fit
+from pkpd_cart.fitting import Problem, fit
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "fits"))
@@ -49,9 +49,7 @@ def main() -> None:
     model.compile()  # JIT outside the timings
 
     exact = fit(model, data, estimate=job.SHARED, per_subject=job.PER_SUBJECT, error_models=errors)
-    problem = Problem(
-        model, data, job.SHARED, job.PER_SUBJECT, errors, None, "M3", None, DEFAULT_OPTIONS, None
-    )
+    problem = Problem(model, data, job.SHARED, job.PER_SUBJECT, error_models=errors)
     fd_ofv, fd_seconds = finite_difference_fit(problem)
     n_par = len(problem.specs)
     print(

@@ -89,14 +89,14 @@ class Problem:
         self,
         model: Model,
         dataset: Dataset,
-        estimate: Sequence[str],
-        per_subject: Sequence[str],
-        error_models: Mapping[str, ErrorModel],
-        fixed: Mapping[str, float] | None,
-        blq: str,
-        subjects: Sequence[str] | None,
-        options: SolverOptions,
-        initial: Mapping[str, float] | None,
+        estimate: Sequence[str] = (),
+        per_subject: Sequence[str] = (),
+        error_models: Mapping[str, ErrorModel] | None = None,
+        fixed: Mapping[str, float] | None = None,
+        blq: str = "M3",
+        subjects: Sequence[str] | None = None,
+        options: SolverOptions = DEFAULT_OPTIONS,
+        initial: Mapping[str, float] | None = None,
     ):
         self.model = model
         self.options = options
@@ -126,6 +126,7 @@ class Problem:
             raise FitError(f"subject(s) {', '.join(unknown)} not in {dataset.source}")
         obs = dataset.observations()
         used = sorted(set(obs.loc[obs["ID"].isin(ids), "DVID"]))
+        error_models = error_models or {}
         missing = [o for o in used if o not in error_models]
         if missing:
             raise FitError(
@@ -253,6 +254,18 @@ class Problem:
             columns.append((k, j))
         return p, columns
 
+    def _simulate(self, subj: _Subject, p: np.ndarray, wrt: Sequence[str] = ()):
+        """One subject at its observation times, with sensitivities to ``wrt`` if any."""
+        return simulate(
+            self.model,
+            subj.times,
+            params=p,
+            doses=subj.doses,
+            options=self.options,
+            sensitivities=list(wrt) or False,
+            compiled=self.compiled,
+        )
+
     def residuals_only(self, x: np.ndarray) -> np.ndarray:
         """Residuals without sensitivities (for finite-difference comparisons)."""
         return self._evaluate(np.asarray(x, dtype=float), jacobian=False)[0]
@@ -271,15 +284,7 @@ class Problem:
             wrt = [names[j] for _, j in columns] if jacobian else []
             self.n_simulations += 1
             try:
-                traj = simulate(
-                    self.model,
-                    subj.times,
-                    params=p,
-                    doses=subj.doses,
-                    options=self.options,
-                    sensitivities=wrt or False,
-                    compiled=self.compiled,
-                )
+                traj = self._simulate(subj, p, wrt)
             except SimulationError as exc:
                 self.n_failures += 1
                 if len(self.failure_messages) < 20:
@@ -387,14 +392,7 @@ class Problem:
         obs_names = list(self.model.observables)
         for subj in self.subjects:
             p, _ = self._subject_parameters(x, subj.id)
-            traj = simulate(
-                self.model,
-                subj.times,
-                params=p,
-                doses=subj.doses,
-                options=self.options,
-                compiled=self.compiled,
-            )
+            traj = self._simulate(subj, p)
             f = traj.observables[subj.t_index, subj.o_index]
             frame = subj.records.copy()
             frame["PRED"] = f
@@ -617,7 +615,7 @@ def fit(
         dataset,
         estimate,
         per_subject,
-        error_models or {},
+        error_models,
         fixed,
         blq,
         subjects,

@@ -119,13 +119,8 @@ def test_m3_likelihood_matches_hand_computation():
             model,
             data,
             ["k"],
-            [],
-            {"C": em},
-            None,
-            "M3",
-            None,
-            pk.SolverOptions(rtol=1e-10, atol=1e-12),
-            None,
+            error_models={"C": em},
+            options=pk.SolverOptions(rtol=1e-10, atol=1e-12),
         )
         x = np.array([s.to_internal(s.initial) for s in problem.specs])
         f1, f20 = 20 * math.exp(-0.3), 20 * math.exp(-6.0)
@@ -136,13 +131,8 @@ def test_m3_likelihood_matches_hand_computation():
         model,
         data,
         ["k"],
-        [],
-        {"C": ErrorModel.lognormal(0.3)},
-        None,
-        "M3",
-        None,
-        pk.SolverOptions(rtol=1e-10, atol=1e-12),
-        None,
+        error_models={"C": ErrorModel.lognormal(0.3)},
+        options=pk.SolverOptions(rtol=1e-10, atol=1e-12),
     )
     x = np.array([s.to_internal(s.initial) for s in problem.specs])
     hand = (
@@ -156,13 +146,9 @@ def test_m3_likelihood_matches_hand_computation():
         model,
         data,
         ["k"],
-        [],
-        {"C": ErrorModel.additive(0.7)},
-        None,
-        "M1",
-        None,
-        pk.SolverOptions(),
-        None,
+        error_models={"C": ErrorModel.additive(0.7)},
+        blq="M1",
+        options=pk.SolverOptions(),
     )
     assert m1.n_records == 1 and m1.n_dropped_m1 == 1
 
@@ -175,12 +161,9 @@ def test_exact_jacobian_matches_finite_differences(em):
         data,
         ["V"],
         ["k"],
-        {"C": em},
-        None,
-        "M3",
-        None,
-        pk.SolverOptions(rtol=1e-11, atol=1e-12),
-        {"k": 0.25, "V": 6.0},
+        error_models={"C": em},
+        options=pk.SolverOptions(rtol=1e-11, atol=1e-12),
+        initial={"k": 0.25, "V": 6.0},
     )
     x = np.array([s.to_internal(s.initial) for s in problem.specs])
     r0, J, _, _ = problem.evaluate(x)
