@@ -69,17 +69,21 @@ def baseline_factory(model: pk.Model):
 FIT_SUBSET = 6
 
 
-def sensitivity_accuracy(model: pk.Model, doses, opts: pk.SolverOptions) -> float:
+def sensitivity_accuracy(
+    model: pk.Model, doses, opts: pk.SolverOptions, times=TIMES, tight=None
+) -> float:
     """Largest error of the default-tolerance sensitivities of every state against a
-    reference at rtol 1e-12 with sensitivities under error control, each (state, parameter)
-    trajectory relative to its own largest magnitude; trajectories whose effect on the state
-    is below 1e-6 of the state's range (or 100 atol) per unit relative parameter change are
-    skipped as negligible."""
+    reference (default: rtol 1e-12, atol/100, sensitivities under error control), each
+    (state, parameter) trajectory relative to its own largest magnitude; trajectories
+    whose effect on the state is below 1e-6 of the state's range (or 100 atol) per unit
+    relative parameter change are skipped as negligible."""
     from pkpd_cart.simulate import simulate
 
-    tight = pk.SolverOptions(rtol=1e-12, atol=opts.atol * 1e-2, sensitivity_error_control=True)
-    ref = simulate(model, TIMES, doses=doses, options=tight, sensitivities=True)
-    got = simulate(model, TIMES, doses=doses, options=opts, sensitivities=True)
+    tight = tight or pk.SolverOptions(
+        rtol=1e-12, atol=opts.atol * 1e-2, sensitivity_error_control=True
+    )
+    ref = simulate(model, times, doses=doses, options=tight, sensitivities=True)
+    got = simulate(model, times, doses=doses, options=opts, sensitivities=True)
     scale = np.max(np.abs(ref.state_sensitivities), axis=0)  # (n, nsens)
     err = np.max(np.abs(got.state_sensitivities - ref.state_sensitivities), axis=0)
     floor = np.maximum(1e-6 * np.max(np.abs(ref.states), axis=0), 100 * opts.atol)
