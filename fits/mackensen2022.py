@@ -8,10 +8,11 @@ summary targets that the cohort calibration fits.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+
+from pkpd_cart.summary_fit import Target
 
 DATA = Path(__file__).resolve().parent / "data"
 PUBLISHED = DATA / "mackensen2022_published.csv"
@@ -34,17 +35,6 @@ def patients(path: Path = PUBLISHED) -> pd.DataFrame:
     for col in ("age", "SLEDAI0", "followup_months"):
         table[col] = table[col].astype(float)
     return table[["sex", "age", "SLEDAI0", "followup_months"]]
-
-
-@dataclass(frozen=True)
-class Target:
-    """One published summary: value, its uncertainty (same unit) and where it comes from."""
-
-    name: str
-    value: float
-    sigma: float
-    source: str
-    note: str = ""
 
 
 def _get(f: pd.DataFrame, quantity: str, statistic: str, column: str = "value") -> float:

@@ -51,10 +51,7 @@ OMEGA = {
 
 
 def targets() -> list[Target]:
-    published = [
-        Target(t.name, t.value, t.sigma, t.source, t.note) for t in mackensen2022.cohort_targets()
-    ]
-    return published + [
+    return mackensen2022.cohort_targets() + [
         Target(
             "seroconversion_5_of_5",
             0.0,
