@@ -18,7 +18,6 @@ pkpd_cart / libroadrunner time (below 1: pkpd_cart faster).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import subprocess
@@ -31,9 +30,11 @@ import numpy as np
 from pkpd_cart.models.sle_cart import mackensen_doses
 
 import pkpd_cart as pk
-from pkpd_cart.population import PerKgDose, Population, simulate_population
+from pkpd_cart.population import PerKgDose, simulate_population
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fits"))
+import sle_cart_dose_response as dose_response  # noqa: E402
 from bench_simulate import sensitivity_accuracy  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,8 +104,7 @@ def one_model(name, doses, rtol, atol):
 
 def part_c(n: int):
     model = pk.load_model("sle_cart")
-    data = json.loads((ROOT / "fits" / "data" / "sle_cart_population.json").read_text())
-    pop = Population(data["typical"], data["omega"], {"WT": (65.0, 12.0, 40.0, 120.0)})
+    pop = dose_response.population()  # calibrated population, assumed body weights
     times = np.array([-6.0, 7, 9, 14, 28, 90, 180, 365])
     opts = pk.SolverOptions(rtol=1e-6, atol=1e-6)
     doses = PerKgDose(1e6, "CAR_D")

@@ -12,7 +12,6 @@ extrapolations. Writes a report folder (all files or none).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -38,8 +37,9 @@ DEFAULT_OUT = HERE / "reports" / "sle_cart_dose_response"
 
 
 def population() -> Population:
-    data = json.loads((HERE / "data" / "sle_cart_population.json").read_text())
-    return Population(data["typical"], data["omega"], {"WT": WEIGHT})
+    """The calibrated population with assumed body weights."""
+    typical, omega, _ = sle_population.load_population(HERE / "data" / "sle_cart_population.json")
+    return Population(typical, omega, {"WT": WEIGHT})
 
 
 def run(n: int, seed: int, workers: int):
