@@ -64,8 +64,12 @@ def sensitivity_table(model: pk.Model) -> pd.DataFrame:
         }
     )
     table.attrs.update(tau=tau, peak=peak, peak_day=grid[i_peak], ab90=ab90)
-    order = table[["B-cell reappearance day", "CAR-T peak", "anti-dsDNA day 90"]].abs().max(axis=1)
-    return table.loc[order.sort_values(ascending=False).index].reset_index(drop=True)
+    # Sorted by the largest |sensitivity| as printed (3 decimals), ties by name: the order
+    # must not depend on integrator noise in the 10th digit.
+    columns = ["B-cell reappearance day", "CAR-T peak", "anti-dsDNA day 90"]
+    table["_key"] = -table[columns].abs().max(axis=1).round(3)
+    table = table.sort_values(["_key", "parameter"], kind="stable").drop(columns="_key")
+    return table.reset_index(drop=True)
 
 
 def to_markdown(table: pd.DataFrame) -> str:

@@ -60,7 +60,7 @@ def test_population_failures_are_reported_and_the_rest_kept():
         params,
         [0.0, 30.0],
         doses=mackensen_doses(60.0),
-        options=pk.SolverOptions(max_steps=500),
+        options=pk.SolverOptions(max_steps=5000),
     )
     assert sorted(run.trajectories) == [0, 2]
     assert list(run.failures) == [1] and "solver failed" in run.failures[1]

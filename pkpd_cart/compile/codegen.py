@@ -13,15 +13,20 @@ Calling conventions (``n`` states, ``np`` parameters, ``no`` observables, ``ns``
 
 from __future__ import annotations
 
+import hashlib
 import textwrap
 from dataclasses import dataclass
+from pathlib import Path
 
 import sympy as sp
 from sympy.printing.pycode import PythonCodePrinter
 
 from pkpd_cart.modelling import Model, t
 
-CODEGEN_VERSION = "6"
+# The compiled integrator appended to every generated module (see bdf_template.py).
+INTEGRATOR_SOURCE = (Path(__file__).parent / "bdf_template.py").read_text()
+# Part of the cache key: a changed generator or integrator never reuses a stale module.
+CODEGEN_VERSION = "7-" + hashlib.sha256(INTEGRATOR_SOURCE.encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
@@ -530,4 +535,4 @@ def generate_source(model: Model, header: str, use_numba: bool) -> str:
         f"OBSERVABLES = {list(model.observables)!r}\n"
         f"SWITCHES = {list(model.switches)!r}\n"
     )
-    return preamble + HELPERS + "\n\n" + "\n\n".join(funcs)
+    return preamble + HELPERS + "\n\n" + "\n\n".join(funcs) + "\n\n" + INTEGRATOR_SOURCE

@@ -1,0 +1,175 @@
+"""Model-independent kernels of the compiled BDF integrator (see ``bdf_template.py``).
+
+They live in an ordinary module, compiled once per machine and cached by numba, so a new
+model only compiles its own integration loop.
+"""
+
+import math
+
+import numpy as np
+
+try:
+    from numba import njit
+
+    _jit = njit(cache=True, error_model="numpy", nogil=True)
+except ImportError:  # the pure-Python backend runs the same text
+
+    def _jit(func):
+        return func
+
+
+_BDF_MAX_ORDER = 5
+_BDF_NEWTON_MAXITER = 4
+_BDF_MIN_FACTOR = 0.2
+_BDF_MAX_FACTOR = 10.0
+_BDF_KAPPA = np.array([0.0, -0.1850, -1.0 / 9.0, -0.0823, -0.0415, 0.0])
+_BDF_GAMMA = np.concatenate((np.zeros(1), np.cumsum(1.0 / np.arange(1, _BDF_MAX_ORDER + 1))))
+_BDF_ALPHA = (1.0 - _BDF_KAPPA) * _BDF_GAMMA
+_BDF_ERROR_CONST = _BDF_KAPPA * _BDF_GAMMA + 1.0 / np.arange(1, _BDF_MAX_ORDER + 2)
+
+
+@_jit
+def _bdf_rms(x, scale, size):
+    """Root-mean-square of x[:size] / scale[:size] (scipy's ``norm(x) / sqrt(size)``)."""
+    acc = 0.0
+    for i in range(size):
+        v = x[i] / scale[i]
+        acc += v * v
+    return math.sqrt(acc / size)
+
+
+@_jit
+def _bdf_compute_R(order, factor):
+    """Matrix R of Shampine & Reichelt (1997) that rescales differences by ``factor``."""
+    M = np.zeros((order + 1, order + 1))
+    for j in range(order + 1):
+        M[0, j] = 1.0
+    for i in range(1, order + 1):
+        for j in range(1, order + 1):
+            M[i, j] = (i - 1 - factor * j) / i
+    for i in range(1, order + 1):
+        for j in range(order + 1):
+            M[i, j] *= M[i - 1, j]
+    return M
+
+
+@_jit
+def _bdf_change_D(D, order, factor):
+    """Rescale the differences D[:order + 1] to a step ``factor`` times the current one."""
+    R = _bdf_compute_R(order, factor)
+    U = _bdf_compute_R(order, 1.0)
+    RU = np.zeros((order + 1, order + 1))
+    for i in range(order + 1):
+        for k in range(order + 1):
+            for j in range(order + 1):
+                RU[i, j] += R[i, k] * U[k, j]
+    old = np.empty((order + 1, D.shape[1]))
+    for i in range(order + 1):
+        for c in range(D.shape[1]):
+            old[i, c] = D[i, c]
+            D[i, c] = 0.0
+    for i in range(order + 1):
+        for k in range(order + 1):
+            w = RU[k, i]
+            for c in range(D.shape[1]):  # innermost over contiguous columns: vectorised
+                D[i, c] += w * old[k, c]
+
+
+@_jit
+def _bdf_lu(A, piv):
+    """LU factorisation with partial pivoting, in place; False if A is singular."""
+    n = A.shape[0]
+    for k in range(n):
+        p = k
+        big = abs(A[k, k])
+        for i in range(k + 1, n):
+            if abs(A[i, k]) > big:
+                big = abs(A[i, k])
+                p = i
+        piv[k] = p
+        if big == 0.0 or not math.isfinite(big):
+            return False
+        if p != k:
+            for j in range(n):
+                A[k, j], A[p, j] = A[p, j], A[k, j]
+        inv = 1.0 / A[k, k]
+        for i in range(k + 1, n):
+            A[i, k] *= inv
+            f = A[i, k]
+            if f != 0.0:
+                for j in range(k + 1, n):
+                    A[i, j] -= f * A[k, j]
+    return True
+
+
+@_jit
+def _bdf_lu_solve(LU, piv, b, offset):
+    """Solve LU x = b[offset:offset + n] in place (zero factors of a sparse LU skipped)."""
+    n = LU.shape[0]
+    for k in range(n):
+        p = piv[k]
+        if p != k:
+            b[offset + k], b[offset + p] = b[offset + p], b[offset + k]
+    for j in range(n):
+        v = b[offset + j]
+        if v != 0.0:
+            for i in range(j + 1, n):
+                b[offset + i] -= LU[i, j] * v
+    for j in range(n - 1, -1, -1):
+        v = b[offset + j] / LU[j, j]
+        b[offset + j] = v
+        if v != 0.0:
+            for i in range(j):
+                b[offset + i] -= LU[i, j] * v
+
+
+@_jit
+def _bdf_lu_solve_many(LU, piv, B):
+    """Solve LU X = B in place for B of shape (n, k): row operations run along the k
+    right-hand sides (contiguous, vectorised), and zero factors of a sparse LU are skipped."""
+    n = LU.shape[0]
+    k = B.shape[1]
+    for r in range(n):
+        p = piv[r]
+        if p != r:
+            for c in range(k):
+                B[r, c], B[p, c] = B[p, c], B[r, c]
+    for i in range(n):
+        for j in range(i):
+            f = LU[i, j]
+            if f != 0.0:
+                for c in range(k):
+                    B[i, c] -= f * B[j, c]
+    for i in range(n - 1, -1, -1):
+        for j in range(i + 1, n):
+            f = LU[i, j]
+            if f != 0.0:
+                for c in range(k):
+                    B[i, c] -= f * B[j, c]
+        inv = 1.0 / LU[i, i]
+        for c in range(k):
+            B[i, c] *= inv
+
+
+@_jit
+def _bdf_newton_matrix(J, c, A, piv):
+    """A <- LU(I - c J); False if singular."""
+    n = J.shape[0]
+    for i in range(n):
+        for j in range(n):
+            A[i, j] = -c * J[i, j]
+        A[i, i] += 1.0
+    return _bdf_lu(A, piv)
+
+
+@_jit
+def _bdf_interpolate(D, order, t_new, h, t, out, row):
+    """Dense output of the last step at t into out[row] (scipy's BdfDenseOutput)."""
+    m = D.shape[1]
+    for c in range(m):
+        out[row, c] = D[0, c]
+    prod = 1.0
+    for j in range(order):
+        prod *= (t - (t_new - h * j)) / (h * (j + 1))
+        for c in range(m):
+            out[row, c] += D[j + 1, c] * prod
