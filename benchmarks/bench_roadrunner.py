@@ -4,7 +4,8 @@ Measured in one run at matched tolerances (rtol 1e-8, atol 1e-8 unless stated):
 
 (a) one 365-day simulation of stein2019, kirouac2023 and sle_cart;
 (b) the same with forward sensitivities for all parameters, and their accuracy against a
-    tight reference (pkpd_cart at rtol 1e-11 with sensitivities under error control);
+    tight reference (pkpd_cart's LSODA, independent of the default BDF, at rtol 1e-11 with
+    sensitivities under error control);
     libroadrunner's own sensitivities where its version offers them;
 (c) N one-year sle_cart patients drawn from the calibrated population (8 output times,
     rtol 1e-6): pkpd_cart serial and on 2 processes vs a libroadrunner loop;
@@ -92,7 +93,7 @@ def one_model(name, doses, rtol, atol):
     t_sens = best(lambda: model.simulate(times, doses=doses, options=opts, sensitivities=True))
     # reference at rtol 1e-11 (rtol 1e-12 with atol/100 exceeds LSODA's work limit for
     # sle_cart's 40 sensitivities)
-    tight = pk.SolverOptions(rtol=1e-11, atol=atol, sensitivity_error_control=True)
+    tight = pk.SolverOptions(method="LSODA", rtol=1e-11, atol=atol, sensitivity_error_control=True)
     accuracy = sensitivity_accuracy(model, doses, opts, times, tight)
     print(
         f"  {name:12s} roadrunner {t_rr * 1e3:7.2f} ms | pkpd_cart {t_plain * 1e3:7.2f} ms "

@@ -100,7 +100,19 @@ def bdf_segment(y0, t0, tout, p, sw, pidx, rtol, atol, errcon, max_steps, max_st
     f0 = rhs(x0, t0, p, sw)
     h_abs = _bdf_initial_step(x0, f0, t0, p, sw, t_bound - t0, max_step, rtol, atol)
     D = np.zeros((_BDF_MAX_ORDER + 3, m))
-    f_all = sens_rhs(y0, t0, p, sw, pidx) if n_dir else f0
+    f_all = f0
+    if n_dir:
+        # Sensitivity slopes are taken just inside the segment (the right limit): where the
+        # state starts on a kink of the equations (say max(0, B_ref - B) at steady state
+        # when lymphodepletion begins), J jumps at t0 and the left value would make the
+        # first steps fail the error test of a sensitivity that starts at exactly 0.
+        delta = 1e-3 * h_abs
+        z = y0.copy()
+        for i in range(n):
+            z[i] += delta * f0[i]
+        f_all = sens_rhs(z, t0 + delta, p, sw, pidx)
+        for i in range(n):
+            f_all[i] = f0[i]
     for col in range(m):
         D[0, col] = y0[col]
         D[1, col] = f_all[col] * h_abs
