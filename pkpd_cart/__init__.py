@@ -25,15 +25,16 @@ from pkpd_cart.modelling import (
     switched,
     t,
 )
-from pkpd_cart.objective import ErrorModel
-from pkpd_cart.population import simulate_population
 from pkpd_cart.simulate import Dose, SolverOptions, Trajectory, simulate, simulate_batch
 
 __version__ = "0.1.0"
 
-# Fitting (lmfit) and SBML (libsbml) are imported on first use: importing the package to
-# simulate stays fast (PEP 562 module __getattr__).
+# Fitting (lmfit, scipy.optimize), error models (scipy.special), populations and SBML
+# (libsbml) are imported on first use: importing the package to simulate stays fast
+# (PEP 562 module __getattr__).
 _LAZY = {
+    "ErrorModel": "pkpd_cart.objective",
+    "simulate_population": "pkpd_cart.population",
     "fit": "pkpd_cart.fitting",
     "FitResult": "pkpd_cart.fitting",
     "profile_likelihood": "pkpd_cart.uncertainty",

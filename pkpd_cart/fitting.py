@@ -544,7 +544,9 @@ def _table(problem: Problem, x: np.ndarray, cov: np.ndarray | None) -> pd.DataFr
         if s.log:
             se = est * se_int
             rse = 100 * se_int
-            lo, hi = math.exp(x[k] - 1.96 * se_int), math.exp(x[k] + 1.96 * se_int)
+            # A non-identifiable parameter has a huge SE: its upper limit is inf, not a crash.
+            with np.errstate(over="ignore"):
+                lo, hi = np.exp([x[k] - 1.96 * se_int, x[k] + 1.96 * se_int]).tolist()
         else:
             se = se_int
             rse = 100 * se_int / abs(est) if est else np.nan

@@ -30,7 +30,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import log_ndtr
 
 from pkpd_cart.errors import InputError
 
@@ -126,10 +125,14 @@ def minus2ll_observed(y, f, sigma, lognormal: bool) -> np.ndarray:
 def minus2ll_censored(limit, f, sigma, lognormal: bool) -> np.ndarray:
     """-2 log-likelihood of values below ``limit`` (M3): ``-2 log Phi(z)``."""
     z = (np.log(limit) - np.log(f)) / sigma if lognormal else (limit - f) / sigma
+    from scipy.special import log_ndtr  # imported on use: keeps `import pkpd_cart` light
+
     return -2.0 * log_ndtr(z)
 
 
 def mills_ratio(z: np.ndarray) -> np.ndarray:
     """phi(z) / Phi(z), computed stably on the log scale."""
     log_phi = -0.5 * z**2 - 0.5 * LOG_2PI
+    from scipy.special import log_ndtr
+
     return np.exp(log_phi - log_ndtr(z))

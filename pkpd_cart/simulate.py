@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy.integrate import ODEintWarning, odeint, solve_ivp
 
 from pkpd_cart.compile import CompiledModel
 from pkpd_cart.errors import InputError, SimulationError
@@ -203,33 +202,36 @@ class _Integrator:
 
     def _odeint(self, y0: np.ndarray, grid: np.ndarray, sw: np.ndarray):
         """One LSODA call (scipy odeint) with the analytic (banded, for sensitivities) Jacobian."""
+        from scipy.integrate import ODEintWarning, odeint  # loaded only when used
+
         o, c = self.options, self.c
         if self.n_sens:
             func, jac, args = c.sens_rhs, c.sens_jac_banded, (self.p, sw, self.pidx)
             band = {"ml": self.n - 1, "mu": self.n - 1}
         else:
             func, jac, args, band = c.rhs, c.jac_solver, (self.p, sw), {}
-        return odeint(
-            func,
-            y0,
-            grid,
-            args=args,
-            Dfun=jac,
-            rtol=o.rtol,
-            atol=self.atol(len(y0)),
-            mxstep=o.max_steps,
-            hmax=o.max_step,
-            full_output=True,
-            printmessg=False,
-            **band,
-        )
+        # A failed odeint call also warns; the caller raises a SimulationError instead.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ODEintWarning)
+            return odeint(
+                func,
+                y0,
+                grid,
+                args=args,
+                Dfun=jac,
+                rtol=o.rtol,
+                atol=self.atol(len(y0)),
+                mxstep=o.max_steps,
+                hmax=o.max_step,
+                full_output=True,
+                printmessg=False,
+                **band,
+            )
 
     def segment(self, y0: np.ndarray, grid: np.ndarray, sw: np.ndarray) -> np.ndarray:
         """Integrate from grid[0] over grid; returns (len(grid), len(y0))."""
         try:
-            # A failed odeint call also warns; it is raised as SimulationError instead.
-            with np.errstate(all="ignore"), warnings.catch_warnings():
-                warnings.simplefilter("ignore", ODEintWarning)
+            with np.errstate(all="ignore"):
                 if self.options.method == "BDF":
                     Y = self._bdf(y0, grid, sw)
                 elif self.options.method == "LSODA":
@@ -292,6 +294,8 @@ class _Integrator:
         return float(tout[n_ok - 1]) if n_ok else float(grid[0])
 
     def _solve_ivp(self, y0: np.ndarray, grid: np.ndarray, sw: np.ndarray) -> np.ndarray:
+        from scipy.integrate import solve_ivp
+
         o = self.options
         c = self.c
         n = self.n

@@ -293,3 +293,20 @@ def test_profiles_in_processes_equal_serial():
         np.testing.assert_allclose(serial[name].delta_ofv, parallel[name].delta_ofv, rtol=1e-9)
     with pytest.raises(pk.FitError, match="no estimated parameter 'log_x' to profile"):
         profile_likelihood(result, ["log_x"])
+
+
+def test_parameter_table_survives_a_huge_standard_error():
+    """A non-identifiable log-scale parameter can have an SE beyond exp's range: the table
+    reports an infinite upper limit instead of crashing the fit (seen in CI)."""
+    from pkpd_cart.fitting import _table
+
+    data = simulated_data(("lognormal", 0.15, 0), seed=4, n_subjects=3)
+    problem = Problem(
+        one_compartment(), data, ["k", "V"], error_models={"C": ErrorModel.lognormal(0.3)}
+    )
+    x = np.array([math.log(0.3), math.log(5.0), math.log(0.3)])
+    cov = np.diag([0.01, 1e6, 0.01])
+    table = _table(problem, x, cov).set_index("name")
+    assert table.loc["log_V", "ci_high"] == math.inf
+    assert table.loc["log_V", "ci_low"] == 0.0
+    assert table.loc["log_k", "ci_high"] == pytest.approx(0.3 * math.exp(1.96 * 0.1))
