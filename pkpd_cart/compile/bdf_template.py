@@ -122,7 +122,6 @@ def bdf_segment(y0, t0, tout, p, sw, pidx, rtol, atol, errcon, max_steps, max_st
     LU = np.empty((n, n))
     piv = np.empty(n, dtype=np.int64)
     lu_valid = False
-    rate_memory = -1.0
     LUs = np.empty((n, n))
     pivs = np.empty(n, dtype=np.int64)
     B = np.empty((n, n_dir))  # right-hand sides of the sensitivity corrector
@@ -177,16 +176,11 @@ def bdf_segment(y0, t0, tout, p, sw, pidx, rtol, atol, errcon, max_steps, max_st
                 scale[i] = atol + rtol * abs(y_predict[i])
             c = h / _BDF_ALPHA[order]
 
-            # Simplified Newton iteration on the states (scipy's solve_bdf_system), with
-            # one change taken from CVODE: the convergence rate of the last iterations
-            # with the same Newton matrix is remembered, so that a step whose first
-            # correction is already small converges after one iteration (scipy always
-            # needs two to measure a rate).
+            # Simplified Newton iteration on the states (scipy's solve_bdf_system).
             converged = False
             while not converged:
                 if not lu_valid:
                     lu_valid = _bdf_newton_matrix(J, c, LU, piv)
-                    rate_memory = -1.0  # a new matrix: rate unknown
                     if not lu_valid:
                         break
                 converged = False
@@ -209,8 +203,6 @@ def bdf_segment(y0, t0, tout, p, sw, pidx, rtol, atol, errcon, max_steps, max_st
                     _bdf_lu_solve(LU, piv, dy, 0)
                     dy_norm = _bdf_rms(dy, scale, n)
                     rate = -1.0 if dy_norm_old < 0 else dy_norm / dy_norm_old
-                    if rate >= 0:
-                        rate_memory = rate if rate_memory < 0 else max(0.3 * rate_memory, rate)
                     if rate >= 0 and (
                         rate >= 1
                         or rate ** (_BDF_NEWTON_MAXITER - k) / (1 - rate) * dy_norm > newton_tol
@@ -220,13 +212,6 @@ def bdf_segment(y0, t0, tout, p, sw, pidx, rtol, atol, errcon, max_steps, max_st
                         y_new[i] += dy[i]
                         d[i] += dy[i]
                     if dy_norm == 0 or (rate >= 0 and rate / (1 - rate) * dy_norm < newton_tol):
-                        converged = True
-                        break
-                    if (
-                        k == 0
-                        and 0 <= rate_memory < 1
-                        and rate_memory / (1 - rate_memory) * dy_norm < newton_tol
-                    ):
                         converged = True
                         break
                     dy_norm_old = dy_norm
