@@ -63,16 +63,21 @@ def _bdf_change_D(D, order, factor):
         for k in range(order + 1):
             for j in range(order + 1):
                 RU[i, j] += R[i, k] * U[k, j]
-    old = np.empty((order + 1, D.shape[1]))
+    m = D.shape[1]
+    old = np.empty((order + 1, m))
     for i in range(order + 1):
-        for c in range(D.shape[1]):
-            old[i, c] = D[i, c]
-            D[i, c] = 0.0
+        Di = D[i]
+        Oi = old[i]
+        for c in range(m):
+            Oi[c] = Di[c]
+            Di[c] = 0.0
     for i in range(order + 1):
+        Di = D[i]
         for k in range(order + 1):
             w = RU[k, i]
-            for c in range(D.shape[1]):  # innermost over contiguous columns: vectorised
-                D[i, c] += w * old[k, c]
+            Ok = old[k]
+            for c in range(m):  # innermost over contiguous columns: vectorised
+                Di[c] += w * Ok[c]
 
 
 @_jit
@@ -124,31 +129,81 @@ def _bdf_lu_solve(LU, piv, b, offset):
 
 
 @_jit
-def _bdf_lu_solve_many(LU, piv, B):
-    """Solve LU X = B in place for B of shape (n, k): row operations run along the k
-    right-hand sides (contiguous, vectorised), and zero factors of a sparse LU are skipped."""
+def _bdf_lu_solve_many(LU, piv, b, offset, k):
+    """Solve LU X = B in place, B being the (n, k) block stored row-major in
+    b[offset:offset + n * k]: row operations run along the k right-hand sides (contiguous,
+    vectorised), and zero factors of a sparse LU are skipped."""
     n = LU.shape[0]
-    k = B.shape[1]
+    B = b[offset : offset + n * k].reshape((n, k))
+    tmp = np.empty(k)
     for r in range(n):
         p = piv[r]
         if p != r:
-            for c in range(k):
-                B[r, c], B[p, c] = B[p, c], B[r, c]
+            tmp[:] = B[r]
+            B[r] = B[p]
+            B[p] = tmp
     for i in range(n):
+        Bi = B[i]
         for j in range(i):
             f = LU[i, j]
             if f != 0.0:
+                Bj = B[j]
                 for c in range(k):
-                    B[i, c] -= f * B[j, c]
+                    Bi[c] -= f * Bj[c]
     for i in range(n - 1, -1, -1):
+        Bi = B[i]
         for j in range(i + 1, n):
             f = LU[i, j]
             if f != 0.0:
+                Bj = B[j]
                 for c in range(k):
-                    B[i, c] -= f * B[j, c]
+                    Bi[c] -= f * Bj[c]
         inv = 1.0 / LU[i, i]
         for c in range(k):
-            B[i, c] *= inv
+            Bi[c] *= inv
+
+
+@_jit
+def _bdf_sensitivity_slopes(J, Fp, pidx, s, out, n, k):
+    """out = J S + dF/dp for the (n, k) sensitivity block S stored row-major in s[n:]
+    (component-major: S[i, dir] at n + i * k + dir), written to out[n:] likewise.
+
+    Directions beyond len(pidx) are initial values (no dF/dp term). J's non-finite entries
+    are already 0 (``jac_solver``); products run along the directions, skipping J's zeros.
+    """
+    S = s[n : n + n * k].reshape((n, k))
+    G = out[n : n + n * k].reshape((n, k))
+    npd = pidx.shape[0]
+    for i in range(n):
+        Gi = G[i]
+        for c in range(k):
+            Gi[c] = Fp[i, pidx[c]] if c < npd else 0.0
+        for j in range(n):
+            a = J[i, j]
+            if a != 0.0:
+                Sj = S[j]
+                for c in range(k):
+                    Gi[c] += a * Sj[c]
+
+
+@_jit
+def _bdf_to_internal(y, out, n, k):
+    """[x, s_1, ..., s_k] (direction-major, as in ``sens_rhs``) -> [x, S row-major]."""
+    for i in range(n):
+        out[i] = y[i]
+    for c in range(k):
+        for i in range(n):
+            out[n + i * k + c] = y[n * (c + 1) + i]
+
+
+@_jit
+def _bdf_to_external(y, out, row, n, k):
+    """Inverse of _bdf_to_internal, into out[row]."""
+    for i in range(n):
+        out[row, i] = y[i]
+    for c in range(k):
+        for i in range(n):
+            out[row, n * (c + 1) + i] = y[n + i * k + c]
 
 
 @_jit
@@ -163,13 +218,14 @@ def _bdf_newton_matrix(J, c, A, piv):
 
 
 @_jit
-def _bdf_interpolate(D, order, t_new, h, t, out, row):
-    """Dense output of the last step at t into out[row] (scipy's BdfDenseOutput)."""
+def _bdf_interpolate(D, order, t_new, h, t, out):
+    """Dense output of the last step at t into out (scipy's BdfDenseOutput)."""
     m = D.shape[1]
     for c in range(m):
-        out[row, c] = D[0, c]
+        out[c] = D[0, c]
     prod = 1.0
     for j in range(order):
         prod *= (t - (t_new - h * j)) / (h * (j + 1))
+        Dj = D[j + 1]
         for c in range(m):
-            out[row, c] += D[j + 1, c] * prod
+            out[c] += Dj[c] * prod

@@ -1,7 +1,7 @@
 """Compiled variable-order BDF integrator, appended to every generated model module.
 
 This file is not imported: :func:`pkpd_cart.compile.codegen.generate_source` appends its
-text to a model's generated module, where ``rhs``, ``jac_solver``, ``sens_rhs``, ``_jit``
+text to a model's generated module, where ``rhs``, ``jac_solver``, ``dfdp``, ``_jit``
 and ``N_STATES`` are defined. Under numba the whole integration, every step, Newton
 iteration and dense output, then runs as machine code calling the model's functions
 directly: no Python between steps (scipy's ``odeint`` and ``solve_ivp`` return to Python
@@ -20,7 +20,7 @@ matrix ``I - c J(t_new, x_new)``, one LU factorisation shared by all directions.
 default the sensitivities are kept out of the local error test (CVODES'
 ``errconS = False``); ``errcon`` puts them in.
 """
-# ruff: noqa: F821 - rhs, jac_solver, sens_rhs, _jit and N_STATES come from the generated module
+# ruff: noqa: F821 - rhs, jac_solver, dfdp, _jit and N_STATES come from the generated module
 
 from pkpd_cart.compile.bdf_kernels import (
     _BDF_ALPHA,
@@ -36,6 +36,9 @@ from pkpd_cart.compile.bdf_kernels import (
     _bdf_lu_solve_many,
     _bdf_newton_matrix,
     _bdf_rms,
+    _bdf_sensitivity_slopes,
+    _bdf_to_external,
+    _bdf_to_internal,
 )
 
 # Status codes returned by bdf_segment (see pkpd_cart.simulate for their messages).
@@ -76,7 +79,9 @@ def bdf_segment(y0, t0, tout, p, sw, pidx, rtol, atol, errcon, max_steps, max_st
     ``y0`` holds the n states, then one block of n per sensitivity direction (parameters
     ``pidx`` first, then initial values), as in ``sens_rhs``. ``tout`` is increasing and
     ``tout[-1]`` is the end of the segment. Returns ``(Y, status, t_reached, n_steps)``
-    with ``Y[i]`` the solution at ``tout[i]`` (rows after a failure are undefined).
+    with ``Y[i]`` the solution at ``tout[i]`` in the same layout (rows after a failure are
+    undefined). Inside, the sensitivities are stored component-major (all directions of
+    state i together), so that J S and the corrector solves run along the directions.
     """
     n = N_STATES
     m = y0.shape[0]
@@ -94,28 +99,28 @@ def bdf_segment(y0, t0, tout, p, sw, pidx, rtol, atol, errcon, max_steps, max_st
     err_size = m if errcon else n
 
     t = t0
-    x0 = np.empty(n)
-    for i in range(n):
-        x0[i] = y0[i]
+    yi = np.empty(m)  # y0 in the internal layout
+    _bdf_to_internal(y0, yi, n, n_dir)
+    x0 = yi[:n].copy()
     f0 = rhs(x0, t0, p, sw)
     h_abs = _bdf_initial_step(x0, f0, t0, p, sw, t_bound - t0, max_step, rtol, atol)
     D = np.zeros((_BDF_MAX_ORDER + 3, m))
-    f_all = f0
+    g = np.empty(m)  # sensitivity slopes J S + dF/dp (internal layout, from index n)
+    for i in range(n):
+        g[i] = f0[i]
     if n_dir:
         # Sensitivity slopes are taken just inside the segment (the right limit): where the
         # state starts on a kink of the equations (say max(0, B_ref - B) at steady state
         # when lymphodepletion begins), J jumps at t0 and the left value would make the
         # first steps fail the error test of a sensitivity that starts at exactly 0.
         delta = 1e-3 * h_abs
-        z = y0.copy()
-        for i in range(n):
-            z[i] += delta * f0[i]
-        f_all = sens_rhs(z, t0 + delta, p, sw, pidx)
-        for i in range(n):
-            f_all[i] = f0[i]
+        xz = x0 + delta * f0
+        J0 = jac_solver(xz, t0 + delta, p, sw)
+        Fp0 = dfdp(xz, t0 + delta, p, sw)
+        _bdf_sensitivity_slopes(J0, Fp0, pidx, yi, g, n, n_dir)
     for col in range(m):
-        D[0, col] = y0[col]
-        D[1, col] = f_all[col] * h_abs
+        D[0, col] = yi[col]
+        D[1, col] = g[col] * h_abs
     order = 1
     n_equal_steps = 0
     J = jac_solver(x0, t0, p, sw)
@@ -124,13 +129,12 @@ def bdf_segment(y0, t0, tout, p, sw, pidx, rtol, atol, errcon, max_steps, max_st
     lu_valid = False
     LUs = np.empty((n, n))
     pivs = np.empty(n, dtype=np.int64)
-    B = np.empty((n, n_dir))  # right-hand sides of the sensitivity corrector
     y_predict = np.empty(m)
     psi = np.empty(m)
     d = np.zeros(m)
     y_new = np.empty(m)
-    z = np.empty(m)
     dy = np.empty(n)
+    row = np.empty(m)  # one output row, internal layout
     scale = np.empty(m)
     error = np.empty(m)
     n_steps = 0
@@ -164,14 +168,17 @@ def bdf_segment(y0, t0, tout, p, sw, pidx, rtol, atol, errcon, max_steps, max_st
                 lu_valid = False
             h = t_new - t
             h_abs = h
+            # Row views keep the column loops simple enough for LLVM to vectorise.
+            D0 = D[0]
             for col in range(m):
-                y_predict[col] = D[0, col]
+                y_predict[col] = D0[col]
                 psi[col] = 0.0
             for k in range(1, order + 1):
                 w = _BDF_GAMMA[k] / _BDF_ALPHA[order]
+                Dk = D[k]
                 for col in range(m):
-                    y_predict[col] += D[k, col]
-                    psi[col] += w * D[k, col]
+                    y_predict[col] += Dk[col]
+                    psi[col] += w * Dk[col]
             for i in range(n):
                 scale[i] = atol + rtol * abs(y_predict[i])
             c = h / _BDF_ALPHA[order]
@@ -230,26 +237,19 @@ def bdf_segment(y0, t0, tout, p, sw, pidx, rtol, atol, errcon, max_steps, max_st
 
             # Staggered sensitivity corrector: (I - c J_new) d_s = c (J_new s_pred + f_p) - psi_s.
             if n_dir:
-                for col in range(m):
-                    z[col] = y_new[col] if col < n else y_predict[col]
-                g = sens_rhs(z, t_new, p, sw, pidx)
                 Js = jac_solver(y_new[:n], t_new, p, sw)
+                Fp = dfdp(y_new[:n], t_new, p, sw)
+                _bdf_sensitivity_slopes(Js, Fp, pidx, y_predict, g, n, n_dir)
                 if not _bdf_newton_matrix(Js, c, LUs, pivs):
                     h_abs *= 0.5
                     _bdf_change_D(D, order, 0.5)
                     n_equal_steps = 0
                     lu_valid = False
                     continue
-                # All directions in one solve: B[i, k] is component i of direction k.
-                for k in range(n_dir):
-                    b = n * (k + 1)
-                    for i in range(n):
-                        B[i, k] = c * g[b + i] - psi[b + i]
-                _bdf_lu_solve_many(LUs, pivs, B)
-                for k in range(n_dir):
-                    b = n * (k + 1)
-                    for i in range(n):
-                        d[b + i] = B[i, k]
+                # All directions in one solve (the block is already (n, n_dir) row-major).
+                for col in range(n, m):
+                    d[col] = c * g[col] - psi[col]
+                _bdf_lu_solve_many(LUs, pivs, d, n, n_dir)
                 for col in range(n, m):
                     y_new[col] = y_predict[col] + d[col]
 
@@ -271,18 +271,22 @@ def bdf_segment(y0, t0, tout, p, sw, pidx, rtol, atol, errcon, max_steps, max_st
         n_equal_steps += 1
         t_old = t
         t = t_new
+        Dp1 = D[order + 1]
+        Dp2 = D[order + 2]
         for col in range(m):
-            D[order + 2, col] = d[col] - D[order + 1, col]
-            D[order + 1, col] = d[col]
+            Dp2[col] = d[col] - Dp1[col]
+            Dp1[col] = d[col]
         for i in range(order, -1, -1):
+            Di = D[i]
+            Dn = D[i + 1]
             for col in range(m):
-                D[i, col] += D[i + 1, col]
+                Di[col] += Dn[col]
         while k_out < tout.shape[0] and tout[k_out] <= t:
             if tout[k_out] == t:
-                for col in range(m):
-                    Y[k_out, col] = D[0, col]
+                _bdf_to_external(D[0], Y, k_out, n, n_dir)
             else:
-                _bdf_interpolate(D, order, t, h_abs, max(tout[k_out], t_old), Y, k_out)
+                _bdf_interpolate(D, order, t, h_abs, max(tout[k_out], t_old), row)
+                _bdf_to_external(row, Y, k_out, n, n_dir)
             k_out += 1
             steps_since_output = 0
 
