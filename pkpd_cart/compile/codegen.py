@@ -25,8 +25,11 @@ from pkpd_cart.modelling import Model, t
 
 # The compiled integrator appended to every generated module (see bdf_template.py).
 INTEGRATOR_SOURCE = (Path(__file__).parent / "bdf_template.py").read_text()
-# Part of the cache key: a changed generator or integrator never reuses a stale module.
-CODEGEN_VERSION = "7-" + hashlib.sha256(INTEGRATOR_SOURCE.encode()).hexdigest()[:12]
+# Part of the cache key: a changed generator (this file) or integrator never reuses a
+# stale module.
+CODEGEN_VERSION = hashlib.sha256(
+    (Path(__file__).read_text() + INTEGRATOR_SOURCE).encode()
+).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
