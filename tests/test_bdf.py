@@ -115,3 +115,18 @@ def test_step_size_collapse_is_reported():
     with pytest.raises(pk.SimulationError, match="BDF: step size became too small") as info:
         m.build().simulate([0.0, 1.0])
     assert 0.45 < info.value.time <= 0.5
+
+
+def test_max_step_is_honoured(onecmt):
+    """A 10-day linear decay takes a handful of steps unless max_step caps them."""
+    c = onecmt.compile()
+    p = onecmt.resolve_parameters()
+    y0 = np.array([100.0])
+    tout = np.array([0.0, 10.0])
+    args = (p, np.zeros(0), NO_DIRECTIONS, 1e-6, 1e-10, False, 100_000)
+    free = c.bdf_segment(y0, 0.0, tout, *args, np.inf)
+    capped = c.bdf_segment(y0, 0.0, tout, *args, 0.1)
+    assert free[1] == capped[1] == 0
+    assert capped[3] >= 100 > free[3]
+    np.testing.assert_allclose(capped[0][-1], 100.0 * np.exp(-3.0), rtol=1e-5)
+    np.testing.assert_allclose(free[0][-1], 100.0 * np.exp(-3.0), rtol=1e-4)
