@@ -183,25 +183,12 @@ def _finite_or_zero(A):
 
 
 @_jit
-def _safe_product(S, A):
-    """S @ A.T where an infinite A[i, j] times S[k, j] == 0 counts as 0.
+def _mul(a, s):
+    """a * s, where s == 0 gives 0 even for an infinite a.
 
     An infinite Jacobian entry such as d(x**0.25)/dx at x = 0 meets a zero sensitivity at
     the start of a run; the limit of the product along the trajectory is 0, not nan.
     """
-    out = S @ _finite_or_zero(A).T
-    for i in range(A.shape[0]):
-        for j in range(A.shape[1]):
-            if not math.isfinite(A[i, j]):
-                for k in range(S.shape[0]):
-                    if S[k, j] != 0.0:
-                        out[k, i] += A[i, j] * S[k, j]
-    return out
-
-
-@_jit
-def _mul(a, s):
-    """a * s, where s == 0 gives 0 even for an infinite a (see _safe_product)."""
     return 0.0 if s == 0.0 else a * s
 
 
