@@ -1,7 +1,6 @@
 """pkpd_cart: symbolic, compiled and calibrated CAR-T models for autoimmune disease."""
 
 from pkpd_cart.compile import CompiledModel, compile_model
-from pkpd_cart.dataset import Dataset, dataset_from_frame, read_dataset
 from pkpd_cart.errors import (
     BackendWarning,
     CompileError,
@@ -29,10 +28,13 @@ from pkpd_cart.simulate import Dose, SolverOptions, Trajectory, simulate, simula
 
 __version__ = "0.1.0"
 
-# Fitting (lmfit, scipy.optimize), error models (scipy.special), populations and SBML
-# (libsbml) are imported on first use: importing the package to simulate stays fast
-# (PEP 562 module __getattr__).
+# Datasets and populations (pandas), fitting (lmfit, scipy.optimize), error models
+# (scipy.special) and SBML (libsbml) are imported on first use: importing the package to
+# build and simulate a model stays fast (PEP 562 module __getattr__).
 _LAZY = {
+    "Dataset": "pkpd_cart.dataset",
+    "dataset_from_frame": "pkpd_cart.dataset",
+    "read_dataset": "pkpd_cart.dataset",
     "ErrorModel": "pkpd_cart.objective",
     "simulate_population": "pkpd_cart.population",
     "fit": "pkpd_cart.fitting",

@@ -28,12 +28,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import pandas as pd
 import sympy as sp
 
 from pkpd_cart.errors import ModelDefinitionError
 
 if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
     from pkpd_cart.compile import CompiledModel
     from pkpd_cart.simulate import Dose, SolverOptions
 
@@ -430,10 +431,9 @@ class ModelBuilder:
                     ),
                 )
         defaults = {k: p.value for k, p in self._parameters.items()}
-        rows = {"default": defaults}
-        rows.update({k: {**defaults, **v} for k, v in self._parameter_sets.items()})
-        sets = pd.DataFrame.from_dict(rows, orient="index", columns=list(self._parameters))
-        sets.index.name = "set"
+        sets = (("default", tuple(defaults.values())),) + tuple(
+            (k, tuple({**defaults, **v}.values())) for k, v in self._parameter_sets.items()
+        )
         return Model(
             name=m,
             description=self.description,
@@ -446,7 +446,7 @@ class ModelBuilder:
             observables=types.MappingProxyType(dict(self._observables)),
             switches=types.MappingProxyType(dict(self._switches)),
             terms=types.MappingProxyType({k: tuple(v) for k, v in self._terms.items()}),
-            parameter_set_table=sets,
+            parameter_set_rows=sets,
             parameter_set_notes=types.MappingProxyType(dict(self._parameter_set_notes)),
             notes=tuple(self.notes),
         )
@@ -478,7 +478,9 @@ class Model:
     observables: Mapping[str, Observable]
     switches: Mapping[str, Switch]
     terms: Mapping[str, tuple[Term, ...]]
-    parameter_set_table: pd.DataFrame = field(repr=False)
+    # (set name, values in parameter order), "default" first; a DataFrame on request, so
+    # building and simulating a model never needs pandas.
+    parameter_set_rows: tuple[tuple[str, tuple[float, ...]], ...] = field(repr=False)
     parameter_set_notes: Mapping[str, str] = field(repr=False)
     notes: tuple[str, ...] = ()
 
@@ -509,7 +511,14 @@ class Model:
     @property
     def parameter_sets(self) -> pd.DataFrame:
         """Named parameter sets, one row per set (``default`` first), one column per parameter."""
-        return self.parameter_set_table.copy()
+        import pandas as pd
+
+        index = pd.Index([name for name, _ in self.parameter_set_rows], name="set")
+        return pd.DataFrame(
+            [list(values) for _, values in self.parameter_set_rows],
+            index=index,
+            columns=list(self.parameters),
+        )
 
     @property
     def dose_targets(self) -> tuple[str, ...]:
@@ -561,12 +570,13 @@ class Model:
         if params is None:
             pass
         elif isinstance(params, str):
-            if params not in self.parameter_set_table.index:
-                known = ", ".join(map(str, self.parameter_set_table.index))
+            sets = dict(self.parameter_set_rows)
+            if params not in sets:
+                known = ", ".join(sets)
                 raise ModelDefinitionError(
                     f"model '{self.name}': no parameter set '{params}' (known: {known})"
                 )
-            values = self.parameter_set_table.loc[params].to_dict()
+            values = dict(zip(self.parameters, sets[params]))
         else:
             for k, v in dict(params).items():
                 if k not in values:
@@ -587,17 +597,16 @@ class Model:
             p = dataclasses.replace(params[k], value=float(v))
             _validate_parameter(self.name, p)
             params[k] = p
-        table = self.parameter_set_table.copy()
-        for k, v in values.items():
-            table.loc["default", k] = float(v)
+        default = dict(zip(self.parameters, self.parameter_set_rows[0][1]))
+        default.update({k: float(v) for k, v in values.items()})
+        rows = (("default", tuple(default.values())), *self.parameter_set_rows[1:])
         return dataclasses.replace(
-            self, parameters=types.MappingProxyType(params), parameter_set_table=table
+            self, parameters=types.MappingProxyType(params), parameter_set_rows=rows
         )
 
     def with_parameter_set(self, name: str, values: Mapping[str, float], note: str = "") -> Model:
         """A copy with one more named parameter set (e.g. fitted estimates)."""
-        table = self.parameter_set_table.copy()
-        row = self.parameter_set_table.loc["default"].to_dict()
+        row = dict(zip(self.parameters, self.parameter_set_rows[0][1]))
         for k, v in values.items():
             if k not in row:
                 raise ModelDefinitionError(f"model '{self.name}': unknown parameter '{k}'")
@@ -608,10 +617,13 @@ class Model:
                 ),
             )
             row[k] = float(v)
-        table.loc[name] = pd.Series(row)
+        rows = dict(self.parameter_set_rows)
+        rows[name] = tuple(row.values())  # a set of the same name is replaced
         notes = {**self.parameter_set_notes, name: note}
         return dataclasses.replace(
-            self, parameter_set_table=table, parameter_set_notes=types.MappingProxyType(notes)
+            self,
+            parameter_set_rows=tuple(rows.items()),
+            parameter_set_notes=types.MappingProxyType(notes),
         )
 
     # -- numerics (delegated) ----------------------------------------------------------

@@ -12,13 +12,16 @@ import math
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from pkpd_cart.compile import CompiledModel
 from pkpd_cart.errors import InputError, SimulationError
 from pkpd_cart.modelling import Model
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
 
 COMPILED_METHODS = ("BDF",)
 ODEINT_METHODS = ("LSODA",)
@@ -126,6 +129,8 @@ class Trajectory:
 
     def to_frame(self) -> pd.DataFrame:
         """``time``, states, observables, then ``d(output)/d(name)`` columns if computed."""
+        import pandas as pd  # only frames need pandas; simulating does not
+
         names = ["time", *self.model.states, *self.model.observables]
         blocks = [self.times[:, None], self.states, self.observables]
         if self.state_sensitivities is not None:
@@ -498,4 +503,6 @@ def simulate_batch(
         frame = traj.to_frame()
         frame.insert(0, "set", label)
         frames.append(frame)
+    import pandas as pd
+
     return pd.concat(frames, ignore_index=True)
