@@ -1,7 +1,7 @@
 """Compiled variable-order BDF integrator, appended to every generated model module.
 
 This file is not imported: :func:`pkpd_cart.compile.codegen.generate_source` appends its
-text to a model's generated module, where ``rhs``, ``jac_solver``, ``dfdp``, ``_jit``
+text to a model's generated module, where ``rhs``, ``jac_solver``, ``jac_dfdp_into``, ``_jit``
 and ``N_STATES`` are defined. Under numba the whole integration, every step, Newton
 iteration and dense output, then runs as machine code calling the model's functions
 directly: no Python between steps (scipy's ``odeint`` and ``solve_ivp`` return to Python
@@ -20,7 +20,7 @@ matrix ``I - c J(t_new, x_new)``, one LU factorisation shared by all directions.
 default the sensitivities are kept out of the local error test (CVODES'
 ``errconS = False``); ``errcon`` puts them in.
 """
-# ruff: noqa: F821 - rhs, jac_solver, dfdp, _jit and N_STATES come from the generated module
+# ruff: noqa: F821 - rhs, jac_solver, jac_dfdp_into, _jit, N_STATES: from the generated module
 
 from pkpd_cart.compile.bdf_kernels import (
     _BDF_ALPHA,
@@ -105,6 +105,8 @@ def bdf_segment(y0, t0, tout, p, sw, pidx, rtol, atol, errcon, max_steps, max_st
     f0 = rhs(x0, t0, p, sw)
     h_abs = _bdf_initial_step(x0, f0, t0, p, sw, t_bound - t0, max_step, rtol, atol)
     D = np.zeros((_BDF_MAX_ORDER + 3, m))
+    Js = np.empty((n, n))  # Jacobian and df/dp at the new state (sensitivity corrector)
+    Fp = np.empty((n, p.shape[0]))
     g = np.empty(m)  # sensitivity slopes J S + dF/dp (internal layout, from index n)
     for i in range(n):
         g[i] = f0[i]
@@ -115,9 +117,8 @@ def bdf_segment(y0, t0, tout, p, sw, pidx, rtol, atol, errcon, max_steps, max_st
         # first steps fail the error test of a sensitivity that starts at exactly 0.
         delta = 1e-3 * h_abs
         xz = x0 + delta * f0
-        J0 = jac_solver(xz, t0 + delta, p, sw)
-        Fp0 = dfdp(xz, t0 + delta, p, sw)
-        _bdf_sensitivity_slopes(J0, Fp0, pidx, yi, g, n, n_dir)
+        jac_dfdp_into(xz, t0 + delta, p, sw, Js, Fp)
+        _bdf_sensitivity_slopes(Js, Fp, pidx, yi, g, n, n_dir)
     for col in range(m):
         D[0, col] = yi[col]
         D[1, col] = g[col] * h_abs
@@ -237,8 +238,7 @@ def bdf_segment(y0, t0, tout, p, sw, pidx, rtol, atol, errcon, max_steps, max_st
 
             # Staggered sensitivity corrector: (I - c J_new) d_s = c (J_new s_pred + f_p) - psi_s.
             if n_dir:
-                Js = jac_solver(y_new[:n], t_new, p, sw)
-                Fp = dfdp(y_new[:n], t_new, p, sw)
+                jac_dfdp_into(y_new[:n], t_new, p, sw, Js, Fp)
                 _bdf_sensitivity_slopes(Js, Fp, pidx, y_predict, g, n, n_dir)
                 if not _bdf_newton_matrix(Js, c, LUs, pivs):
                     h_abs *= 0.5

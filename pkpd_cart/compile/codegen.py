@@ -353,6 +353,21 @@ def generate_source(model: Model, header: str, use_numba: bool) -> str:
             ],
         )
     )
+    jac_lines = [
+        f"{line.split(' = ', 1)[0]} = _finite({line.split(' = ', 1)[1]})"
+        if line.startswith("J[")
+        else line
+        for line in _block(mat("J", d.J) + mat("Fp", d.dfdp))
+    ]
+    funcs.append(
+        _function(
+            "jac_dfdp_into",
+            "y, t, p, sw, J, Fp",
+            "df/dx (non-finite -> 0, as jac_solver) into J (n, n) and df/dp into Fp (n, np), "
+            "sharing subexpressions and allocating nothing (the BDF sensitivity corrector).",
+            [*unpack_all, "J[:, :] = 0.0", "Fp[:, :] = 0.0", *jac_lines],
+        )
+    )
     nonzero_J = [(i, j) for i in range(n) for j in range(n) if d.J[i, j] != 0]
     J_locals = [(f"J_{i}_{j}", d.J[i, j]) for i, j in nonzero_J]
     sens_rows = []
