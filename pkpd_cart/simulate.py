@@ -426,16 +426,24 @@ def simulate(
     run = _Integrator(compiled, p, options, pidx, n_sens)
     state_index = {name: i for i, name in enumerate(model.states)}
 
+    # Plain Python containers: a population calls this a few times per patient, and numpy
+    # calls on arrays of two elements cost more than the loops.
+    tau_list = tau.tolist()
+    doses_at: dict[float, list[tuple[int, float]]] = {}
+    for d in doses:
+        doses_at.setdefault(float(d.time), []).append((state_index[d.target], d.amount))
+
     def apply_events(y: np.ndarray, sw: np.ndarray, at: float) -> tuple[np.ndarray, np.ndarray]:
-        for k in np.flatnonzero((tau == at) & (sw == 0.0)):
-            new = sw.copy()
-            new[k] = 1.0
-            y = run.switch_jump(y, at, sw, new, k)
-            sw = new
-        for d in doses:
-            if d.time == at:
-                y = y.copy()
-                y[state_index[d.target]] += d.amount
+        for k, tau_k in enumerate(tau_list):
+            if tau_k == at and sw[k] == 0.0:
+                new = sw.copy()
+                new[k] = 1.0
+                y = run.switch_jump(y, at, sw, new, k)
+                sw = new
+        if at in doses_at:
+            y = y.copy()
+            for i, amount in doses_at[at]:
+                y[i] += amount
         return y, sw
 
     out_y = np.empty((len(times), y.size))
@@ -450,12 +458,18 @@ def simulate(
     for b in boundaries:
         lo = np.searchsorted(times, current, side="left")
         hi = np.searchsorted(times, b, side="left")  # outputs in [current, b)
-        grid = np.unique(np.concatenate(([current], times[lo:hi], [b])))
+        inner = times[lo:hi]
+        if options.method == "BDF":  # takes repeated times and outputs at its start time
+            grid = np.concatenate(([current], inner, [b]))
+            rows = slice(1, 1 + hi - lo)
+        else:
+            grid = np.unique(np.concatenate(([current], inner, [b])))
+            rows = np.searchsorted(grid, inner)
         if b > current:
             Y = run.segment(y, grid, sw)
         else:
             Y = np.repeat(y[None, :], len(grid), axis=0)
-        out_y[lo:hi] = Y[np.searchsorted(grid, times[lo:hi])]
+        out_y[lo:hi] = Y[rows]
         out_sw[lo:hi] = sw
         y = Y[-1]
         y, sw = apply_events(y, sw, b)
