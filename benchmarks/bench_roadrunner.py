@@ -36,7 +36,7 @@ from pkpd_cart.population import PerKgDose, simulate_population
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fits"))
 import sle_cart_dose_response as dose_response  # noqa: E402
-from bench_simulate import sensitivity_accuracy  # noqa: E402
+from bench_simulate import best_of, sensitivity_accuracy  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = {
@@ -44,15 +44,6 @@ CASES = {
     "kirouac2023": [pk.Dose(0.0, 1e8, "dose")],
     "sle_cart": mackensen_doses(60.0),
 }
-
-
-def best(func, repeats=7):
-    out = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        func()
-        out.append(time.perf_counter() - start)
-    return min(out)
 
 
 def roadrunner_for(model, doses, rtol, atol):
@@ -90,9 +81,11 @@ def one_model(name, doses, rtol, atol):
     theirs = np.array(run_rr())[:, 1:]
     scale = np.maximum(np.abs(ours).max(axis=0), 1e-6)
     agree = float(np.max(np.abs(ours - theirs) / scale))
-    t_rr = best(run_rr)
-    t_plain = best(lambda: pk.simulate(model, times, doses=doses, options=opts))
-    t_sens = best(lambda: pk.simulate(model, times, doses=doses, options=opts, sensitivities=True))
+    t_rr = best_of(run_rr, 7)
+    t_plain = best_of(lambda: pk.simulate(model, times, doses=doses, options=opts), 7)
+    t_sens = best_of(
+        lambda: pk.simulate(model, times, doses=doses, options=opts, sensitivities=True), 7
+    )
     # reference at rtol 1e-11 (rtol 1e-12 with atol/100 exceeds LSODA's work limit for
     # sle_cart's 40 sensitivities)
     tight = pk.SolverOptions(method="LSODA", rtol=1e-11, atol=atol, sensitivity_error_control=True)
