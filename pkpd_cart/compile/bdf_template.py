@@ -229,29 +229,25 @@ def bdf_segment(y0, t0, tout, p, sw, pidx, rtol, atol, errcon, max_steps, max_st
                     J = jac_solver(y_predict[:n], t_new, p, sw)
                     lu_valid = False
                     current_jac = True
+            # Staggered sensitivity corrector: (I - c J_new) d_s = c (J_new s_pred + f_p) - psi_s.
+            if converged and n_dir:
+                jac_dfdp_into(y_new[:n], t_new, p, sw, Js, Fp)
+                _bdf_sensitivity_slopes(Js, Fp, pidx, y_predict, g, n, n_dir)
+                if _bdf_newton_matrix(Js, c, LUs, pivs):
+                    # All directions in one solve (the block is already (n, n_dir) row-major).
+                    for col in range(n, m):
+                        d[col] = c * g[col] - psi[col]
+                    _bdf_lu_solve_many(LUs, pivs, d, n, n_dir)
+                    for col in range(n, m):
+                        y_new[col] = y_predict[col] + d[col]
+                else:
+                    converged = False  # I - c J(x_new) singular: as a Newton failure
             if not converged:
                 h_abs *= 0.5
                 _bdf_change_D(D, order, 0.5)
                 n_equal_steps = 0
                 lu_valid = False
                 continue
-
-            # Staggered sensitivity corrector: (I - c J_new) d_s = c (J_new s_pred + f_p) - psi_s.
-            if n_dir:
-                jac_dfdp_into(y_new[:n], t_new, p, sw, Js, Fp)
-                _bdf_sensitivity_slopes(Js, Fp, pidx, y_predict, g, n, n_dir)
-                if not _bdf_newton_matrix(Js, c, LUs, pivs):
-                    h_abs *= 0.5
-                    _bdf_change_D(D, order, 0.5)
-                    n_equal_steps = 0
-                    lu_valid = False
-                    continue
-                # All directions in one solve (the block is already (n, n_dir) row-major).
-                for col in range(n, m):
-                    d[col] = c * g[col] - psi[col]
-                _bdf_lu_solve_many(LUs, pivs, d, n, n_dir)
-                for col in range(n, m):
-                    y_new[col] = y_predict[col] + d[col]
 
             safety = 0.9 * (2 * _BDF_NEWTON_MAXITER + 1) / (2 * _BDF_NEWTON_MAXITER + n_iter)
             for i in range(err_size):
