@@ -27,10 +27,11 @@ COMPILED_METHODS = ("BDF",)
 ODEINT_METHODS = ("LSODA",)
 SOLVE_IVP_METHODS = ("Radau", "RK45", "DOP853")
 METHODS = COMPILED_METHODS + ODEINT_METHODS + SOLVE_IVP_METHODS
-# Messages for the status codes of the generated bdf_segment (see compile/bdf_template.py).
+# Messages for the failure statuses of the generated bdf_segment (compile/bdf_template.py).
 _BDF_FAILURES = {
-    1: "BDF: more than max_steps steps between two output times",
-    2: "BDF: step size became too small (the equations may be singular or blow up)",
+    "BDF_TOO_MANY_STEPS": "BDF: more than max_steps steps between two output times",
+    "BDF_STEP_TOO_SMALL": "BDF: step size became too small (the equations may be singular "
+    "or blow up)",
 }
 
 
@@ -275,7 +276,8 @@ class _Integrator:
             o.max_step or math.inf,
         )
         if status:
-            raise self.fail(float(reached), _BDF_FAILURES[status])
+            code = next(k for k in _BDF_FAILURES if getattr(self.c, k) == status)
+            raise self.fail(float(reached), _BDF_FAILURES[code])
         return Y
 
     def atol(self, size: int) -> float | np.ndarray:
