@@ -431,7 +431,7 @@ class ModelBuilder:
                     ),
                 )
         defaults = {k: p.value for k, p in self._parameters.items()}
-        sets = (("default", tuple(defaults.values())),) + tuple(
+        sets = tuple(
             (k, tuple({**defaults, **v}.values())) for k, v in self._parameter_sets.items()
         )
         return Model(
@@ -478,8 +478,9 @@ class Model:
     observables: Mapping[str, Observable]
     switches: Mapping[str, Switch]
     terms: Mapping[str, tuple[Term, ...]]
-    # (set name, values in parameter order), "default" first; a DataFrame on request, so
-    # building and simulating a model never needs pandas.
+    # Named sets besides "default" (which is always the parameters' values): (set name,
+    # values in parameter order); a DataFrame on request, so building and simulating a
+    # model never needs pandas.
     parameter_set_rows: tuple[tuple[str, tuple[float, ...]], ...] = field(repr=False)
     parameter_set_notes: Mapping[str, str] = field(repr=False)
     notes: tuple[str, ...] = ()
@@ -513,12 +514,16 @@ class Model:
         """Named parameter sets, one row per set (``default`` first), one column per parameter."""
         import pandas as pd
 
-        index = pd.Index([name for name, _ in self.parameter_set_rows], name="set")
+        sets = self._sets()
         return pd.DataFrame(
-            [list(values) for _, values in self.parameter_set_rows],
-            index=index,
+            [list(values) for values in sets.values()],
+            index=pd.Index(list(sets), name="set"),
             columns=list(self.parameters),
         )
+
+    def _sets(self) -> dict[str, tuple[float, ...]]:
+        """Every named set, ``default`` (the parameters' values) first."""
+        return {"default": tuple(self.parameter_values.values()), **dict(self.parameter_set_rows)}
 
     @property
     def dose_targets(self) -> tuple[str, ...]:
@@ -570,7 +575,7 @@ class Model:
         if params is None:
             pass
         elif isinstance(params, str):
-            sets = dict(self.parameter_set_rows)
+            sets = self._sets()
             if params not in sets:
                 known = ", ".join(sets)
                 raise ModelDefinitionError(
@@ -597,16 +602,11 @@ class Model:
             p = dataclasses.replace(params[k], value=float(v))
             _validate_parameter(self.name, p)
             params[k] = p
-        default = dict(zip(self.parameters, self.parameter_set_rows[0][1]))
-        default.update({k: float(v) for k, v in values.items()})
-        rows = (("default", tuple(default.values())), *self.parameter_set_rows[1:])
-        return dataclasses.replace(
-            self, parameters=types.MappingProxyType(params), parameter_set_rows=rows
-        )
+        return dataclasses.replace(self, parameters=types.MappingProxyType(params))
 
     def with_parameter_set(self, name: str, values: Mapping[str, float], note: str = "") -> Model:
         """A copy with one more named parameter set (e.g. fitted estimates)."""
-        row = dict(zip(self.parameters, self.parameter_set_rows[0][1]))
+        row = self.parameter_values
         for k, v in values.items():
             if k not in row:
                 raise ModelDefinitionError(f"model '{self.name}': unknown parameter '{k}'")
