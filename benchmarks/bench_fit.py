@@ -22,7 +22,7 @@ import lmfit
 import numpy as np
 
 import pkpd_cart as pk
-from pkpd_cart.fitting import Problem, fit
+from pkpd_cart.estimation.fitting import Problem, fit
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "fits"))

@@ -31,7 +31,7 @@ import numpy as np
 from pkpd_cart.models.sle_cart import mackensen_doses
 
 import pkpd_cart as pk
-from pkpd_cart.population import PerKgDose, simulate_population
+from pkpd_cart.simulation.population import PerKgDose, simulate_population
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fits"))

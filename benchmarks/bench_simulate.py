@@ -78,7 +78,7 @@ def sensitivity_accuracy(
     (state, parameter) trajectory relative to its own largest magnitude; trajectories
     whose effect on the state is below 1e-6 of the state's range (or 100 atol) per unit
     relative parameter change are skipped as negligible."""
-    from pkpd_cart.simulate import simulate
+    from pkpd_cart.simulation.solver import simulate
 
     tight = tight or pk.SolverOptions(
         method="LSODA", rtol=1e-12, atol=opts.atol * 1e-2, sensitivity_error_control=True

@@ -9,8 +9,8 @@ model's page when present.
 from pathlib import Path
 
 import pkpd_cart as pk
-from pkpd_cart.diagram import draw_diagram
-from pkpd_cart.docs import model_page
+from pkpd_cart.model.diagram import draw_diagram
+from pkpd_cart.model.docs import model_page
 
 OUT = Path(__file__).resolve().parent / "models"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pkpd_cart.summary_fit import Target
+from pkpd_cart.estimation.summary_fit import Target
 
 DATA = Path(__file__).resolve().parent / "data"
 PUBLISHED = DATA / "mackensen2022_published.csv"

@@ -21,11 +21,11 @@ import numpy as np
 from pkpd_cart.models.sle_cart import mackensen_doses
 
 import pkpd_cart as pk
-from pkpd_cart.output import atomic_directory
-from pkpd_cart.plotting import plot_population_bands
-from pkpd_cart.population import observable_matrix
-from pkpd_cart.report import versions
-from pkpd_cart.summary_fit import Estimate, Target, fit_population_summaries
+from pkpd_cart.estimation.summary_fit import Estimate, Target, fit_population_summaries
+from pkpd_cart.reporting.output import atomic_directory
+from pkpd_cart.reporting.plotting import plot_population_bands
+from pkpd_cart.reporting.report import versions
+from pkpd_cart.simulation.population import observable_matrix
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mackensen2022  # noqa: E402

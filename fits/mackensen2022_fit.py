@@ -26,11 +26,11 @@ import pandas as pd
 from pkpd_cart.models.sle_cart import summarise
 
 import pkpd_cart as pk
-from pkpd_cart.fitting import fit
-from pkpd_cart.objective import ErrorModel
-from pkpd_cart.output import atomic_directory
-from pkpd_cart.report import write_fit_report
-from pkpd_cart.uncertainty import profile_likelihood
+from pkpd_cart.estimation.fitting import fit
+from pkpd_cart.estimation.likelihood import ErrorModel
+from pkpd_cart.estimation.uncertainty import profile_likelihood
+from pkpd_cart.reporting.output import atomic_directory
+from pkpd_cart.reporting.report import write_fit_report
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE / "data" / "mackensen2022_virtual_cohort.csv"

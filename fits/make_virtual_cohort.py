@@ -24,7 +24,7 @@ import pandas as pd
 from pkpd_cart.models.sle_cart import mackensen_doses
 
 import pkpd_cart as pk
-from pkpd_cart.population import individual_parameters
+from pkpd_cart.simulation.population import individual_parameters
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mackensen2022  # noqa: E402

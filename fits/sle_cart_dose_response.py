@@ -23,9 +23,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 import pkpd_cart as pk  # noqa: E402
-from pkpd_cart.output import atomic_directory  # noqa: E402
-from pkpd_cart.plotting import plot_population_bands  # noqa: E402
-from pkpd_cart.population import PerKgDose, Population, observable_matrix  # noqa: E402
+from pkpd_cart.reporting.output import atomic_directory  # noqa: E402
+from pkpd_cart.reporting.plotting import plot_population_bands  # noqa: E402
+from pkpd_cart.simulation.population import PerKgDose, Population, observable_matrix  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))

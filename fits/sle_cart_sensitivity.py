@@ -19,8 +19,8 @@ import pandas as pd
 from pkpd_cart.models.sle_cart import mackensen_doses
 
 import pkpd_cart as pk
-from pkpd_cart.derived import first_crossing
-from pkpd_cart.simulate import simulate
+from pkpd_cart.reporting.derived import first_crossing
+from pkpd_cart.simulation.solver import simulate
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "docs" / "models" / "sle_cart_sensitivity.md"
 WEIGHT_KG = 60.0

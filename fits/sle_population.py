@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pkpd_cart.derived import first_crossing
-from pkpd_cart.population import PopulationRun, observable_matrix
+from pkpd_cart.reporting.derived import first_crossing
+from pkpd_cart.simulation.population import PopulationRun, observable_matrix
 
 #: Output grid (days): fine around the CAR-T peak, coarser later.
 GRID = np.unique(

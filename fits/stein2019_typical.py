@@ -15,8 +15,8 @@ import numpy as np
 from scipy.integrate import simpson
 
 import pkpd_cart as pk
-from pkpd_cart.output import atomic_directory
-from pkpd_cart.plotting import plot_simulation
+from pkpd_cart.reporting.output import atomic_directory
+from pkpd_cart.reporting.plotting import plot_simulation
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "reports" / "stein2019_typical"
 

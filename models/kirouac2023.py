@@ -20,7 +20,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from pkpd_cart.modelling import Model, ModelBuilder, hill, positive_part
+from pkpd_cart.model.modelling import Model, ModelBuilder, hill, positive_part
 
 SOURCE = "Kirouac 2023, published parameter vectors (get_pars.m, set CR1)"
 

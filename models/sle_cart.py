@@ -26,8 +26,8 @@ from pkpd_cart.models.blocks.humoral import (
     vaccine_titre,
 )
 
-from pkpd_cart.modelling import Model, ModelBuilder
-from pkpd_cart.simulate import Dose
+from pkpd_cart.model.modelling import Model, ModelBuilder
+from pkpd_cart.simulation.solver import Dose
 
 DOSE_PER_KG = 1e6  # CAR-T cells/kg, Mackensen 2022
 N_TRANSIT = 4
@@ -156,7 +156,7 @@ def summarise(frame, aplasia_threshold: float = 1.0, cutoff: float | None = None
     """
     from pkpd_cart.models.blocks.disease import sledai_score
 
-    from pkpd_cart.derived import auc, first_crossing, peak, value_at
+    from pkpd_cart.reporting.derived import auc, first_crossing, peak, value_at
 
     t = frame["time"].to_numpy()
     t_peak, c_peak = peak(t, frame["CAR_T"])

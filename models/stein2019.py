@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sympy as sp
 
-from pkpd_cart.modelling import Model, ModelBuilder, switched
+from pkpd_cart.model.modelling import Model, ModelBuilder, switched
 
 TABLE1 = "Stein 2019, Table 1"
 

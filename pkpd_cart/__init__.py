@@ -12,8 +12,8 @@ from pkpd_cart.errors import (
     PkpdCartWarning,
     SimulationError,
 )
-from pkpd_cart.loading import available_models, load_model
-from pkpd_cart.modelling import (
+from pkpd_cart.model.loading import available_models, load_model
+from pkpd_cart.model.modelling import (
     Model,
     ModelBuilder,
     Parameter,
@@ -24,7 +24,7 @@ from pkpd_cart.modelling import (
     switched,
     t,
 )
-from pkpd_cart.simulate import Dose, SolverOptions, Trajectory, simulate, simulate_batch
+from pkpd_cart.simulation.solver import Dose, SolverOptions, Trajectory, simulate, simulate_batch
 
 __version__ = "0.1.0"
 
@@ -32,16 +32,16 @@ __version__ = "0.1.0"
 # (scipy.special) and SBML (libsbml) are imported on first use: importing the package to
 # build and simulate a model stays fast (PEP 562 module __getattr__).
 _LAZY = {
-    "Dataset": "pkpd_cart.dataset",
-    "dataset_from_frame": "pkpd_cart.dataset",
-    "read_dataset": "pkpd_cart.dataset",
-    "ErrorModel": "pkpd_cart.objective",
-    "simulate_population": "pkpd_cart.population",
-    "fit": "pkpd_cart.fitting",
-    "FitResult": "pkpd_cart.fitting",
-    "profile_likelihood": "pkpd_cart.uncertainty",
-    "from_sbml": "pkpd_cart.sbml",
-    "sbml_doses": "pkpd_cart.sbml",
+    "Dataset": "pkpd_cart.data.dataset",
+    "dataset_from_frame": "pkpd_cart.data.dataset",
+    "read_dataset": "pkpd_cart.data.dataset",
+    "ErrorModel": "pkpd_cart.estimation.likelihood",
+    "simulate_population": "pkpd_cart.simulation.population",
+    "fit": "pkpd_cart.estimation.fitting",
+    "FitResult": "pkpd_cart.estimation.fitting",
+    "profile_likelihood": "pkpd_cart.estimation.uncertainty",
+    "from_sbml": "pkpd_cart.io.sbml",
+    "sbml_doses": "pkpd_cart.io.sbml",
 }
 
 

@@ -20,7 +20,7 @@ from pkpd_cart.errors import PkpdCartError
 
 
 def _dose(text: str):
-    from pkpd_cart.simulate import Dose
+    from pkpd_cart.simulation.solver import Dose
 
     try:
         time, amount, target = text.split(":")
@@ -127,7 +127,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _error_model(text: str):
-    from pkpd_cart.objective import ErrorModel
+    from pkpd_cart.estimation.likelihood import ErrorModel
 
     try:
         obs, spec = text.split("=", 1)
@@ -161,7 +161,7 @@ def _run(args: argparse.Namespace) -> None:
                 f"parameter sets besides default: {sets}"
             )
     elif args.command == "docs":
-        from pkpd_cart.docs import model_page
+        from pkpd_cart.model.docs import model_page
 
         print(model_page(pk.load_model(args.model)))
     elif args.command == "simulate":
@@ -187,14 +187,14 @@ def _run(args: argparse.Namespace) -> None:
         frame.to_csv(args.out, index=False)
         print(f"wrote {args.out}")
         if args.plot:
-            from pkpd_cart.plotting import plot_simulation
+            from pkpd_cart.reporting.plotting import plot_simulation
 
             plot_simulation(model, frame, path=args.plot)
             print(f"wrote {args.plot}")
     elif args.command == "fit":
-        from pkpd_cart.fitting import fit
-        from pkpd_cart.report import write_fit_report
-        from pkpd_cart.uncertainty import profile_likelihood
+        from pkpd_cart.estimation.fitting import fit
+        from pkpd_cart.estimation.uncertainty import profile_likelihood
+        from pkpd_cart.reporting.report import write_fit_report
 
         model = pk.load_model(args.model)
         data = pk.read_dataset(args.data, model=model)

@@ -8,8 +8,8 @@ import pytest
 
 import pkpd_cart as pk
 from pkpd_cart.cli import main
-from pkpd_cart.docs import model_page
-from pkpd_cart.output import atomic_directory
+from pkpd_cart.model.docs import model_page
+from pkpd_cart.reporting.output import atomic_directory
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "models"
 
@@ -32,7 +32,7 @@ def test_committed_model_pages_are_up_to_date(name):
 
 
 def test_diagram_graph_of_sle_cart():
-    from pkpd_cart.diagram import flow_graph
+    from pkpd_cart.model.diagram import flow_graph
 
     flows, influences = flow_graph(pk.load_model("sle_cart"))
     assert set(flows.edges) == {

@@ -77,7 +77,7 @@ def test_round_trip(tmp_path):
     ],
 )
 def test_unit_conversion_factors(unit, model_unit, factor):
-    from pkpd_cart.units import conversion_factor
+    from pkpd_cart.data.units import conversion_factor
 
     assert conversion_factor(unit, model_unit) == factor
 

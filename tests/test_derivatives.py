@@ -7,7 +7,7 @@ import pytest
 from helpers import BACKENDS, one_compartment
 
 import pkpd_cart as pk
-from pkpd_cart.simulate import simulate
+from pkpd_cart.simulation.solver import simulate
 
 TIGHT = pk.SolverOptions(rtol=1e-12, atol=1e-10)
 # Kirouac states are cell counts up to 1e10: an absolute tolerance of 1e-6 cells is tight.

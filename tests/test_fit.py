@@ -9,8 +9,8 @@ from helpers import one_compartment
 from scipy.stats import norm
 
 import pkpd_cart as pk
-from pkpd_cart.fitting import Problem, fit
-from pkpd_cart.objective import ErrorModel
+from pkpd_cart.estimation.fitting import Problem, fit
+from pkpd_cart.estimation.likelihood import ErrorModel
 
 TRUE_K, TRUE_V = 0.3, 5.0
 TIMES = np.array([0.25, 0.5, 1, 2, 3, 4, 6, 8, 12, 16, 24])
@@ -181,7 +181,7 @@ def test_fit_survives_injected_solver_failures(monkeypatch):
     import importlib
 
     # the module that fit() lives in (pkpd_cart.fit is the function)
-    fit_module = importlib.import_module("pkpd_cart.fitting")
+    fit_module = importlib.import_module("pkpd_cart.estimation.fitting")
 
     data = simulated_data(("lognormal", 0.1, 0), seed=2, n_subjects=3)
     real = fit_module.simulate
@@ -243,7 +243,7 @@ def test_bad_fit_arguments():
 
 
 def test_profile_likelihood_interval_and_non_identifiable_parameter():
-    from pkpd_cart.uncertainty import profile_likelihood
+    from pkpd_cart.estimation.uncertainty import profile_likelihood
 
     data = simulated_data(("lognormal", 0.15, 0), seed=4, n_subjects=4)
     result = fit(
@@ -280,7 +280,7 @@ def test_profile_likelihood_interval_and_non_identifiable_parameter():
 
 
 def test_profiles_in_processes_equal_serial():
-    from pkpd_cart.uncertainty import profile_likelihood
+    from pkpd_cart.estimation.uncertainty import profile_likelihood
 
     data = simulated_data(("lognormal", 0.15, 0), seed=4, n_subjects=3)
     result = fit(
@@ -298,7 +298,7 @@ def test_profiles_in_processes_equal_serial():
 def test_parameter_table_survives_a_huge_standard_error():
     """A non-identifiable log-scale parameter can have an SE beyond exp's range: the table
     reports an infinite upper limit instead of crashing the fit (seen in CI)."""
-    from pkpd_cart.fitting import _table
+    from pkpd_cart.estimation.fitting import _table
 
     data = simulated_data(("lognormal", 0.15, 0), seed=4, n_subjects=3)
     problem = Problem(

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import pkpd_cart as pk
-from pkpd_cart.executor import LocalExecutor, SerialExecutor, get_executor
-from pkpd_cart.population import PerKgDose, Population, simulate_population
-from pkpd_cart.simulate import simulate
+from pkpd_cart.simulation.executor import LocalExecutor, SerialExecutor, get_executor
+from pkpd_cart.simulation.population import PerKgDose, Population, simulate_population
+from pkpd_cart.simulation.solver import simulate
 
 TIMES = np.array([-6.0, 5.0, 9.0, 28.0, 90.0, 365.0])
 POP = Population(

@@ -10,10 +10,10 @@ from helpers import one_compartment
 from test_fit import simulated_data
 
 from pkpd_cart.cli import main
-from pkpd_cart.fitting import fit
-from pkpd_cart.objective import ErrorModel
-from pkpd_cart.report import write_fit_report
-from pkpd_cart.uncertainty import bootstrap_by_subject, mcmc, profile_likelihood
+from pkpd_cart.estimation.fitting import fit
+from pkpd_cart.estimation.likelihood import ErrorModel
+from pkpd_cart.estimation.uncertainty import bootstrap_by_subject, mcmc, profile_likelihood
+from pkpd_cart.reporting.report import write_fit_report
 
 ROOT = Path(__file__).resolve().parents[1]
 

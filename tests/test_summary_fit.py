@@ -7,13 +7,13 @@ import pytest
 from pkpd_cart.models.sle_cart import mackensen_doses
 
 import pkpd_cart as pk
-from pkpd_cart.population import (
+from pkpd_cart.estimation.summary_fit import Estimate, Target, fit_population_summaries
+from pkpd_cart.simulation.population import (
     individual_parameters,
     observable_matrix,
     simulate_population,
     standard_normal_draws,
 )
-from pkpd_cart.summary_fit import Estimate, Target, fit_population_summaries
 
 GRID = np.arange(0.0, 25.0, 0.05)
 TRUE_TYPICAL = {"k_exp": 1.45, "T_exp": 7.4}

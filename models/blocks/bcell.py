@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import sympy as sp
 
-from pkpd_cart.modelling import ModelBuilder, hill, positive_part
+from pkpd_cart.model.modelling import ModelBuilder, hill, positive_part
 
 E2, E3 = "models.md E2", "models.md E3"
 

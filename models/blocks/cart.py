@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import sympy as sp
 
-from pkpd_cart.modelling import ModelBuilder, hill, positive_part
+from pkpd_cart.model.modelling import ModelBuilder, hill, positive_part
 
 E1 = "models.md E1"
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import sympy as sp
 
-from pkpd_cart.modelling import ModelBuilder
+from pkpd_cart.model.modelling import ModelBuilder
 
 E5 = "models.md E5"
 

@@ -23,7 +23,7 @@ import math
 
 import sympy as sp
 
-from pkpd_cart.modelling import ModelBuilder
+from pkpd_cart.model.modelling import ModelBuilder
 
 E4, C1 = "models.md E4", "models.md C1"
 

@@ -1,4 +1,4 @@
-"""Compile a symbolic :class:`~pkpd_cart.modelling.Model` into numeric functions.
+"""Compile a symbolic :class:`~pkpd_cart.model.modelling.Model` into numeric functions.
 
 Backends form an ordered registry: ``numba`` (the ``fast`` extra) first, then ``python``,
 the same generated text run by the interpreter. Both pass the same tests.
@@ -16,7 +16,7 @@ from types import ModuleType
 from pkpd_cart.compile import cache
 from pkpd_cart.compile.codegen import generate_source
 from pkpd_cart.errors import BackendWarning, CompileError
-from pkpd_cart.modelling import Model
+from pkpd_cart.model.modelling import Model
 
 log = logging.getLogger(__name__)
 

@@ -41,7 +41,7 @@ from pkpd_cart.compile.bdf_kernels import (
     _bdf_to_internal,
 )
 
-# Status codes returned by bdf_segment (see pkpd_cart.simulate for their messages).
+# Status codes returned by bdf_segment (see pkpd_cart.simulation.solver for their messages).
 BDF_SUCCESS = 0
 BDF_TOO_MANY_STEPS = 1
 BDF_STEP_TOO_SMALL = 2

@@ -21,7 +21,7 @@ from pathlib import Path
 import sympy as sp
 from sympy.printing.pycode import PythonCodePrinter
 
-from pkpd_cart.modelling import Model, t
+from pkpd_cart.model.modelling import Model, t
 
 # The compiled integrator appended to every generated module (see bdf_template.py).
 INTEGRATOR_SOURCE = (Path(__file__).parent / "bdf_template.py").read_text()

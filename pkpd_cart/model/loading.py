@@ -8,7 +8,7 @@ import pkgutil
 from pathlib import Path
 
 from pkpd_cart.errors import ModelDefinitionError
-from pkpd_cart.modelling import Model
+from pkpd_cart.model.modelling import Model
 
 
 def available_models() -> list[str]:

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 
 from pkpd_cart.errors import InputError, SimulationError
-from pkpd_cart.modelling import Model
-from pkpd_cart.simulate import Dose, SolverOptions, Trajectory, simulate
+from pkpd_cart.model.modelling import Model
+from pkpd_cart.simulation.solver import Dose, SolverOptions, Trajectory, simulate
 
 
 def standard_normal_draws(n: int, names: Sequence[str], seed: int) -> pd.DataFrame:
@@ -92,7 +92,8 @@ class PopulationRun:
     parameters : DataFrame
         The individual parameter sets and covariates (one row each).
     trajectories : dict
-        Individual index -> :class:`~pkpd_cart.simulate.Trajectory`, for the successful runs.
+        Individual index -> :class:`~pkpd_cart.simulation.solver.Trajectory`, for the
+        successful runs.
     failures : dict
         Individual index -> the :class:`~pkpd_cart.SimulationError` message, for the rest.
     """
@@ -171,9 +172,9 @@ def simulate_population(
     doses : doses for all, or a function of a patient's row (parameters and covariates,
         e.g. ``WT``) returning its doses.
     executor : None (this process), a number of local processes, a Dask ``Client`` or a
-        scheduler address (see :mod:`pkpd_cart.executor`).
+        scheduler address (see :mod:`pkpd_cart.simulation.executor`).
     """
-    from pkpd_cart.executor import get_executor
+    from pkpd_cart.simulation.executor import get_executor
 
     if isinstance(parameters, (int, np.integer)):
         parameters = (population or Population()).draw(model, int(parameters), seed)

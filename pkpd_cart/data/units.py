@@ -3,7 +3,7 @@
 Each row of :data:`CONVERSIONS` reads: a value in ``unit`` times ``factor`` is a value in
 ``model_unit``. Spellings are compared after :func:`normalise` (case, spaces, micro sign).
 "% of CD3+" for CAR-T cells is special: it needs the CD3+ T-cell count measured at the
-same visit (see :mod:`pkpd_cart.dataset`).
+same visit (see :mod:`pkpd_cart.data.dataset`).
 """
 
 from __future__ import annotations

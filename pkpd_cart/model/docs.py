@@ -6,7 +6,7 @@ import math
 
 import sympy as sp
 
-from pkpd_cart.modelling import Model
+from pkpd_cart.model.modelling import Model
 
 
 def _latex(expr: sp.Expr) -> str:
@@ -40,7 +40,7 @@ def model_page(model: Model, diagram: str | None = None, appendix: str = "") -> 
     """The Markdown page of ``model``: equations, parameter table with sources, states.
 
     ``diagram`` is the relative path of a compartment diagram image to show (see
-    :func:`pkpd_cart.diagram.draw_diagram`); ``appendix`` is Markdown added at the end.
+    :func:`pkpd_cart.model.diagram.draw_diagram`); ``appendix`` is Markdown added at the end.
     """
     lines = [f"# Model `{model.name}`", ""]
     if model.description:

@@ -26,8 +26,8 @@ import sympy as sp
 from sympy.printing.str import StrPrinter
 
 from pkpd_cart.errors import ModelDefinitionError
-from pkpd_cart.modelling import Model, ModelBuilder, t
-from pkpd_cart.simulate import Dose
+from pkpd_cart.model.modelling import Model, ModelBuilder, t
+from pkpd_cart.simulation.solver import Dose
 
 
 def _libsbml():

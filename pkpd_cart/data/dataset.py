@@ -13,7 +13,7 @@ CMT        dose target state (dose rows), e.g. ``CAR_D``
 MDV        1: the observation is missing or to be ignored (kept and reported)
 CENS       1: below the lower limit of quantification, ``LIMIT`` holds that limit
 LIMIT      lower limit of quantification, in ``UNIT``
-UNIT       unit of DV and LIMIT (see :mod:`pkpd_cart.units`)
+UNIT       unit of DV and LIMIT (see :mod:`pkpd_cart.data.units`)
 WT AGE SEX per-subject covariates (kg, years, F/M); constant within a subject
 SYNTHETIC  1 on every row of simulated (not measured) data
 SOURCE     free text: where the value comes from (e.g. "Fig. 2b, digitised")
@@ -36,9 +36,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pkpd_cart.data.units import PERCENT_OF_CD3, accepted_units, conversion_factor, normalise
 from pkpd_cart.errors import DatasetError
-from pkpd_cart.modelling import Model
-from pkpd_cart.units import PERCENT_OF_CD3, accepted_units, conversion_factor, normalise
+from pkpd_cart.model.modelling import Model
 
 STANDARD = ["ID", "TIME", "DV", "DVID", "EVID", "AMT", "CMT", "MDV", "CENS", "LIMIT", "UNIT"]
 COVARIATES = ["WT", "AGE", "SEX"]

@@ -29,9 +29,9 @@ import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from pkpd_cart.output import atomic_directory  # noqa: E402
-from pkpd_cart.simulate import simulate  # noqa: E402
-from pkpd_cart.uncertainty import CHI2_95, sample_estimates  # noqa: E402
+from pkpd_cart.estimation.uncertainty import CHI2_95, sample_estimates  # noqa: E402
+from pkpd_cart.reporting.output import atomic_directory  # noqa: E402
+from pkpd_cart.simulation.solver import simulate  # noqa: E402
 
 Derived = Callable[[object, Mapping[str, float], list], Mapping[str, float]]
 

@@ -5,8 +5,8 @@ model parameters shared by all subjects (``estimate``), parameters with one valu
 subject (``per_subject``), and the residual-error sigmas, by minimising the -2
 log-likelihood (OFV) with lmfit's ``least_squares`` (trust-region reflective). The
 residual Jacobian comes from the compiled forward sensitivities (see
-:mod:`pkpd_cart.objective` for the residual form), so each iteration costs one simulation
-per subject instead of one per parameter.
+:mod:`pkpd_cart.estimation.likelihood` for the residual form), so each iteration costs one
+simulation per subject instead of one per parameter.
 
 Positive parameters are estimated on the log scale; a solver failure at trial parameters
 returns a penalty (counted and reported) instead of stopping the fit.
@@ -25,16 +25,16 @@ import lmfit
 import numpy as np
 import pandas as pd
 
-from pkpd_cart.dataset import Dataset
+from pkpd_cart.data.dataset import Dataset
 from pkpd_cart.errors import FitError, SimulationError
-from pkpd_cart.modelling import Model
-from pkpd_cart.objective import (
+from pkpd_cart.estimation.likelihood import (
     ErrorModel,
     mills_ratio,
     minus2ll_censored,
     minus2ll_observed,
 )
-from pkpd_cart.simulate import Dose, SolverOptions, simulate
+from pkpd_cart.model.modelling import Model
+from pkpd_cart.simulation.solver import Dose, SolverOptions, simulate
 
 PENALTY = 1e3  # residual value returned for every record when a simulation fails
 DEFAULT_OPTIONS = SolverOptions(rtol=1e-7, atol=1e-8)
@@ -595,7 +595,7 @@ def fit(
     ----------
     estimate : names of model parameters shared by all subjects (tied across subjects).
     per_subject : names of model parameters with one value per subject.
-    error_models : observable name -> :class:`~pkpd_cart.objective.ErrorModel`; every
+    error_models : observable name -> :class:`~pkpd_cart.estimation.likelihood.ErrorModel`; every
         observable in the data needs one. Sigmas are estimated.
     fixed : model parameters held at given values (others not estimated keep defaults).
     initial : starting values (``name`` or ``name[subject]``; sigmas as

@@ -18,7 +18,7 @@ import numpy as np
 
 from pkpd_cart.compile import CompiledModel
 from pkpd_cart.errors import InputError, SimulationError
-from pkpd_cart.modelling import Model
+from pkpd_cart.model.modelling import Model
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd

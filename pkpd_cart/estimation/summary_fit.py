@@ -24,14 +24,14 @@ import numpy as np
 import pandas as pd
 
 from pkpd_cart.errors import FitError
-from pkpd_cart.modelling import Model
-from pkpd_cart.population import (
+from pkpd_cart.model.modelling import Model
+from pkpd_cart.simulation.population import (
     PopulationRun,
     individual_parameters,
     simulate_population,
     standard_normal_draws,
 )
-from pkpd_cart.simulate import Dose, SolverOptions
+from pkpd_cart.simulation.solver import Dose, SolverOptions
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import networkx as nx  # noqa: E402
 from matplotlib.patches import FancyArrowPatch  # noqa: E402
 
-from pkpd_cart.modelling import Model  # noqa: E402
+from pkpd_cart.model.modelling import Model  # noqa: E402
 
 
 def flow_graph(model: Model) -> tuple[nx.DiGraph, nx.DiGraph]:

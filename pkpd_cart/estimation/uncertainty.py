@@ -71,11 +71,11 @@ def profile_likelihood(
     """Profiles of the given estimates (lmfit names; default all) of a :class:`FitResult`.
 
     ``executor`` runs the profiles in parallel: a number of local processes, or a Dask
-    client (see :mod:`pkpd_cart.executor`).
+    client (see :mod:`pkpd_cart.simulation.executor`).
     """
     from functools import partial
 
-    from pkpd_cart.executor import get_executor
+    from pkpd_cart.simulation.executor import get_executor
 
     specs = {s.name for s in result.problem.specs}
     names = list(names) if names is not None else [s.name for s in result.problem.specs]
@@ -88,7 +88,7 @@ def profile_likelihood(
 
 def _profile_one(result, name: str, max_steps: int, level: float, max_nfev: int) -> Profile:
     """The profile of one estimate (refits warm-started from the neighbouring point)."""
-    from pkpd_cart.fitting import _fit_result
+    from pkpd_cart.estimation.fitting import _fit_result
 
     problem = result.problem
     specs = {s.name: k for k, s in enumerate(problem.specs)}
@@ -165,8 +165,8 @@ def bootstrap_by_subject(result, n: int = 100, seed: int = 0, **fit_kwargs) -> p
     Returns one row per replicate with the natural-scale estimates of the shared
     parameters and sigmas (per-subject parameters do not carry over between resamples).
     """
-    from pkpd_cart.dataset import Dataset
-    from pkpd_cart.fitting import fit
+    from pkpd_cart.data.dataset import Dataset
+    from pkpd_cart.estimation.fitting import fit
 
     problem = result.problem
     data = problem.dataset

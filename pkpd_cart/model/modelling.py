@@ -36,7 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
     from pkpd_cart.compile import CompiledModel
-    from pkpd_cart.simulate import Dose, SolverOptions
+    from pkpd_cart.simulation.solver import Dose, SolverOptions
 
 #: The independent variable of every model (time, in the model's time unit).
 t = sp.Symbol("t", real=True)
@@ -670,7 +670,7 @@ class Model:
         SimulationError
             If the solver fails.
         """
-        from pkpd_cart.simulate import simulate
+        from pkpd_cart.simulation.solver import simulate
 
         return simulate(
             self,
@@ -686,8 +686,8 @@ class Model:
 
     def to_sbml(self, path: str | None = None, doses: Iterable[Dose] = ()) -> str:
         """Write the model (and optional doses as events) as SBML L3V2; see
-        :mod:`pkpd_cart.sbml`. Returns the SBML text."""
-        from pkpd_cart.sbml import to_sbml
+        :mod:`pkpd_cart.io.sbml`. Returns the SBML text."""
+        from pkpd_cart.io.sbml import to_sbml
 
         return to_sbml(self, path, list(doses))
 
@@ -700,7 +700,7 @@ class Model:
         backend: str | None = None,
     ) -> pd.DataFrame:
         """Simulate every row of ``parameter_sets``; long DataFrame with a ``set`` column."""
-        from pkpd_cart.simulate import simulate_batch
+        from pkpd_cart.simulation.solver import simulate_batch
 
         return simulate_batch(
             self, times, parameter_sets, doses=doses, options=options, backend=backend

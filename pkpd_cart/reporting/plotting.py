@@ -11,7 +11,7 @@ matplotlib.use("Agg", force=False)
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from pkpd_cart.modelling import Model  # noqa: E402
+from pkpd_cart.model.modelling import Model  # noqa: E402
 
 
 def plot_simulation(

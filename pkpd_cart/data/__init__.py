@@ -1,0 +1,1 @@
+"""Datasets: NONMEM-style records, validation and unit conversion."""

@@ -1,0 +1,1 @@
+"""Estimation: likelihood pieces, fixed-effects and population fits, uncertainty."""

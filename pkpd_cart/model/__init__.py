@@ -1,0 +1,1 @@
+"""Writing models: symbolic definitions, loading, documentation and diagrams."""

@@ -1,0 +1,1 @@
+"""Reports: parameter tables, figures, derived quantities, output files."""

@@ -1,0 +1,1 @@
+"""Running models: the integrator driver, virtual populations, executors."""
