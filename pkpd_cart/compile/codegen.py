@@ -409,6 +409,7 @@ def generate_source(model: Model, header: str, use_numba: bool) -> str:
                 f"out = np.zeros(({2 * n - 1}, y.shape[0]))",
                 f"for b in range(0, y.shape[0], {n}):",
                 *[f"    out[{n - 1 + i - j}, b + {j}] = _finite(J_{i}_{j})" for i, j in nonzero_J],
+                *(["    pass  # the Jacobian is zero"] if not nonzero_J else []),
                 "return out",
             ],
         )

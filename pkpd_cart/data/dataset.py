@@ -15,6 +15,8 @@ CENS       1: below the lower limit of quantification, ``LIMIT`` holds that limi
 LIMIT      lower limit of quantification, in ``UNIT``
 UNIT       unit of DV and LIMIT (see :mod:`pkpd_cart.data.units`)
 WT AGE SEX per-subject covariates (kg, years, F/M); constant within a subject
+(others)   numeric covariate columns declared with ``covariates=[...]`` (e.g. NONMEM's
+           ``WGT``, ``APGR``); empty cells allowed (dose rows)
 SYNTHETIC  1 on every row of simulated (not measured) data
 SOURCE     free text: where the value comes from (e.g. "Fig. 2b, digitised")
 NOTE       free text
@@ -30,6 +32,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -71,6 +74,7 @@ class Dataset:
     source: str
     header: tuple[str, ...] = ()
     converted_to: str | None = None
+    extra_covariates: tuple[str, ...] = ()
 
     @property
     def synthetic(self) -> bool:
@@ -101,7 +105,7 @@ class Dataset:
 
     def covariates(self) -> pd.DataFrame:
         """One row per subject with its covariates (those present in the file)."""
-        cols = [c for c in COVARIATES if c in self.frame]
+        cols = [c for c in [*COVARIATES, *self.extra_covariates] if c in self.frame]
         return (
             self.frame.groupby("ID", sort=False)[cols].first()
             if cols
@@ -200,11 +204,14 @@ def _read_text(path: Path) -> str:
         ) from None
 
 
-def read_dataset(path: str | Path, model: Model | None = None) -> Dataset:
+def read_dataset(
+    path: str | Path, model: Model | None = None, covariates: Sequence[str] = ()
+) -> Dataset:
     """Read and validate a NONMEM-style CSV dataset (see the module docstring).
 
     With ``model``, observables and dose targets are checked against it and values are
-    converted to its units.
+    converted to its units. ``covariates`` names further numeric columns to keep (e.g.
+    ``["WGT", "APGR"]``), which a population model can use.
 
     Raises
     ------
@@ -242,7 +249,7 @@ def read_dataset(path: str | Path, model: Model | None = None) -> Dataset:
         else pd.DataFrame(columns=names, dtype=str)
     )
     raw.insert(0, "ROW", np.asarray(lines_of, dtype=int))
-    return _validate(raw, str(path), tuple(header), model)
+    return _validate(raw, str(path), tuple(header), model, tuple(covariates))
 
 
 def dataset_from_frame(
@@ -250,13 +257,14 @@ def dataset_from_frame(
     source: str = "<frame>",
     model: Model | None = None,
     header: tuple[str, ...] = (),
+    covariates: Sequence[str] = (),
 ) -> Dataset:
     """Validate an in-memory DataFrame with the same rules as :func:`read_dataset`."""
     raw = frame.astype(object).map(
         lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
     )
     raw.insert(0, "ROW", np.arange(len(raw)) + 2)
-    return _validate(raw, source, header, model)
+    return _validate(raw, source, header, model, tuple(covariates))
 
 
 def _numbers(raw: pd.DataFrame, column: str, source: str, required_mask=None) -> pd.Series:
@@ -298,15 +306,32 @@ def _integers(raw, column, source, allowed, default=None) -> pd.Series:
 
 
 def _validate(
-    raw: pd.DataFrame, source: str, header: tuple[str, ...], model: Model | None
+    raw: pd.DataFrame,
+    source: str,
+    header: tuple[str, ...],
+    model: Model | None,
+    extra: tuple[str, ...] = (),
 ) -> Dataset:
     raw = raw.rename(columns=lambda c: c.strip())
     columns = [c for c in raw.columns if c != "ROW"]
     known = STANDARD + COVARIATES + METADATA
+    for c in extra:
+        if not isinstance(c, str) or not c.isidentifier() or c in known:
+            raise DatasetError(
+                f"{source}: covariates=: {c!r} is not a name for a further covariate column"
+            )
+        if c not in columns:
+            raise _fail(source, None, c, "declared covariate column is missing")
     for c in columns:
-        if c not in known:
+        if c not in known and c not in extra:
             hint = f" (did you mean {c.upper()}?)" if c.upper() in known else ""
-            raise _fail(source, None, c, f"unknown column{hint}; allowed: {', '.join(known)}")
+            raise _fail(
+                source,
+                None,
+                c,
+                f"unknown column{hint}; allowed: {', '.join(known)}, and covariate columns "
+                "declared with covariates=[...]",
+            )
     if len(set(columns)) != len(columns):
         dup = next(c for c in columns if columns.count(c) > 1)
         raise _fail(source, None, dup, "column appears twice")
@@ -401,6 +426,8 @@ def _validate(
                     f"({distinct[0]}, {distinct[1]}); time-varying covariates are not "
                     "supported",
                 )
+    for c in extra:
+        out[c] = _numbers(raw, c, source, required_mask=pd.Series(False, index=raw.index))
     if "SYNTHETIC" in raw:
         out["SYNTHETIC"] = _integers(raw, "SYNTHETIC", source, {0, 1}, default=0)
     for c in ("SOURCE", "NOTE"):
@@ -432,7 +459,7 @@ def _validate(
             None,
             f"duplicate record: same ID, TIME, EVID, DVID and CMT as row {int(first)}",
         )
-    dataset = Dataset(out.reset_index(drop=True), source, header)
+    dataset = Dataset(out.reset_index(drop=True), source, header, extra_covariates=extra)
     return dataset.for_model(model) if model is not None else dataset
 
 

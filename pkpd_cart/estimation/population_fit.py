@@ -1,0 +1,799 @@
+"""Population (mixed-effects) fits: FOCE-I, FOCE, FO and LAPLACE, as NONMEM runs them.
+
+:func:`fit_population` estimates the fixed effects (theta), the covariance of the random
+effects (Omega) and the residual-error sigmas of a
+:class:`~pkpd_cart.model.population_model.PopulationModel` by minimising NONMEM's
+objective function value (OFV: -2 log-likelihood without ``N log 2 pi``), the sum of the
+per-subject contributions of :mod:`pkpd_cart.estimation.conditional`.
+
+Outer problem. The optimiser is lmfit's BFGS (``scipy.optimize.minimize``) on an
+unconstrained vector: bounded thetas through log/logit transforms, each free Omega block
+through its Cholesky factor with a log diagonal, sigmas on the log scale. Its gradient is
+a central difference of the marginal OFV with every subject's EBEs re-optimised from the
+current ones (NONMEM's outer gradient is also numerical); see ``docs/population-fits.md``
+for the measurements behind that choice. The ``2 n`` points of a gradient are independent
+and run through the package's executor.
+
+Covariance step (NONMEM ``$COV``), in the natural parameters (thetas, Omega elements,
+sigma SDs): ``R`` is the Hessian of the OFV and ``S`` the sum over subjects of the outer
+products of the gradients of their OBJ contributions, both by central differences with
+re-optimised EBEs; the covariance is ``R^-1 S R^-1`` (``"sandwich"``, NONMEM's default),
+``2 R^-1`` (``"R"``) or ``4 S^-1`` (``"S"``). When ``R`` is not positive definite the
+step falls back to ``S`` and says so.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pkpd_cart.data.dataset import Dataset
+from pkpd_cart.errors import DatasetError, FitError, PkpdCartWarning
+from pkpd_cart.estimation.conditional import (
+    LOG_2PI,
+    METHODS,
+    Context,
+    SubjectData,
+    SubjectObjective,
+    SubjectResult,
+)
+from pkpd_cart.model.population_model import PopulationModel
+from pkpd_cart.simulation.solver import Dose, SolverOptions
+
+COVARIANCE_METHODS = ("sandwich", "R", "S", None)
+DEFAULT_OPTIONS = SolverOptions(rtol=1e-10, atol=1e-12)
+
+
+# -- parameters -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Entry:
+    """One natural parameter: a theta, an Omega element or a sigma (an SD)."""
+
+    kind: str  # "theta", "omega", "sigma"
+    name: str
+    fixed: bool
+    index: tuple  # theta: (k,); omega: (i, j); sigma: (observable, sigma name)
+    lower: float = -math.inf
+    upper: float = math.inf
+
+
+class Layout:
+    """Maps the natural parameters ``x`` to the optimiser's unconstrained ``u`` and back."""
+
+    def __init__(self, pop: PopulationModel):
+        self.pop = pop
+        self.entries: list[Entry] = []
+        for k, th in enumerate(pop.thetas.values()):
+            self.entries.append(Entry("theta", th.name, th.fixed, (k,), th.lower, th.upper))
+        self.blocks = []
+        for block, fixed in zip(pop.omega_blocks, pop.omega_fixed):
+            idx = sorted(block)
+            self.blocks.append((idx, fixed))
+            for a, i in enumerate(idx):
+                for j in idx[: a + 1]:
+                    name = (
+                        f"OMEGA({pop.etas[i]})" if i == j else f"OMEGA({pop.etas[i]},{pop.etas[j]})"
+                    )
+                    self.entries.append(Entry("omega", name, fixed, (i, j)))
+        for obs, res in pop.residuals.items():
+            for s in res.error_model.sigma_names:
+                self.entries.append(
+                    Entry("sigma", f"SIGMA({obs}:{s})", s in res.fixed, (obs, s), 0.0)
+                )
+        self.free = [k for k, e in enumerate(self.entries) if not e.fixed]
+
+    def natural(self) -> np.ndarray:
+        """Initial natural vector from the population model."""
+        pop = self.pop
+        th = pop.theta_vector()
+        sig = pop.sigma_values()
+        out = []
+        for e in self.entries:
+            if e.kind == "theta":
+                out.append(th[e.index[0]])
+            elif e.kind == "omega":
+                out.append(pop.omega[e.index])
+            else:
+                out.append(sig[e.index])
+        return np.array(out, dtype=float)
+
+    def parts(self, x: np.ndarray):
+        """``(theta, Omega, sigma by observable)`` of a natural vector."""
+        pop = self.pop
+        theta = np.array([x[k] for k, e in enumerate(self.entries) if e.kind == "theta"])
+        n = len(pop.etas)
+        omega = np.zeros((n, n))
+        sig = {obs: [] for obs in pop.residuals}
+        for k, e in enumerate(self.entries):
+            if e.kind == "omega":
+                i, j = e.index
+                omega[i, j] = omega[j, i] = x[k]
+            elif e.kind == "sigma":
+                sig[e.index[0]].append(x[k])
+        return theta, omega, sig
+
+    # unconstrained coordinates of the free entries
+    def to_u(self, x: np.ndarray) -> np.ndarray:
+        u = {}
+        for k in self.free:
+            e = self.entries[k]
+            if e.kind == "theta":
+                u[k] = _to_unbounded(x[k], e.lower, e.upper)
+            elif e.kind == "sigma":
+                u[k] = math.log(x[k])
+        _, omega, _ = self.parts(x)
+        for idx, fixed in self.blocks:
+            if fixed:
+                continue
+            L = np.linalg.cholesky(omega[np.ix_(idx, idx)])
+            for a, i in enumerate(idx):
+                for b, j in enumerate(idx[: a + 1]):
+                    k = self._omega_index(i, j)
+                    u[k] = math.log(L[a, b]) if a == b else L[a, b]
+        return np.array([u[k] for k in self.free])
+
+    def from_u(self, u: np.ndarray, x0: np.ndarray) -> np.ndarray:
+        x = x0.copy()
+        vals = dict(zip(self.free, u))
+        for k in self.free:
+            e = self.entries[k]
+            if e.kind == "theta":
+                x[k] = _from_unbounded(vals[k], e.lower, e.upper)
+            elif e.kind == "sigma":
+                x[k] = math.exp(min(vals[k], 700.0))
+        for idx, fixed in self.blocks:
+            if fixed:
+                continue
+            m = len(idx)
+            L = np.zeros((m, m))
+            for a, i in enumerate(idx):
+                for b, j in enumerate(idx[: a + 1]):
+                    v = vals[self._omega_index(i, j)]
+                    L[a, b] = math.exp(min(v, 350.0)) if a == b else v
+            block = L @ L.T
+            for a, i in enumerate(idx):
+                for b, j in enumerate(idx[: a + 1]):
+                    x[self._omega_index(i, j)] = block[a, b]
+        return x
+
+    def _omega_index(self, i: int, j: int) -> int:
+        for k, e in enumerate(self.entries):
+            if e.kind == "omega" and e.index in ((i, j), (j, i)):
+                return k
+        raise KeyError((i, j))
+
+
+def _to_unbounded(v: float, lo: float, hi: float) -> float:
+    if math.isfinite(lo) and math.isfinite(hi):
+        p = (v - lo) / (hi - lo)
+        return math.log(p / (1 - p))
+    if math.isfinite(lo):
+        return math.log(v - lo)
+    if math.isfinite(hi):
+        return math.log(hi - v)
+    return v
+
+
+def _from_unbounded(u: float, lo: float, hi: float) -> float:
+    if math.isfinite(lo) and math.isfinite(hi):
+        return lo + (hi - lo) / (1 + math.exp(-u))
+    if math.isfinite(lo):
+        return lo + math.exp(min(u, 700.0))
+    if math.isfinite(hi):
+        return hi - math.exp(min(u, 700.0))
+    return u
+
+
+# -- data ---------------------------------------------------------------------------------
+def subjects_from_dataset(pop: PopulationModel, dataset: Dataset) -> list[SubjectData]:
+    """Per-subject records; covariates checked (present, numeric, constant per subject)."""
+    model = pop.model
+    if dataset.converted_to != model.name:
+        dataset = dataset.for_model(model)
+    frame = dataset.frame
+    for c in pop.covariates:
+        if c not in frame:
+            raise DatasetError(
+                f"{dataset.source}: column {c}: covariate of population model '{pop.name}' "
+                "is missing from the dataset"
+            )
+    obs = dataset.observations()
+    used = sorted(set(obs["DVID"]))
+    missing = [o for o in used if o not in pop.residuals]
+    if missing:
+        raise FitError(
+            f"population model '{pop.name}': no residual error model for observable(s) "
+            f"{', '.join(missing)} (use pop.error(name, ErrorModel...))"
+        )
+    obs_names = list(model.observables)
+    subjects = []
+    for sid in dataset.subjects:
+        rows = frame[frame["ID"] == sid]
+        covs = []
+        for c in pop.covariates:
+            values = rows[c].to_numpy(dtype=float)
+            finite = values[np.isfinite(values)]
+            if finite.size == 0:
+                raise DatasetError(
+                    f"{dataset.source}: row {int(rows['ROW'].iloc[0])}, column {c}: subject "
+                    f"{sid} has no value of covariate {c}"
+                )
+            if np.any(finite != finite[0]):
+                bad = rows.iloc[int(np.argmax(np.isfinite(values) & (values != finite[0])))]
+                raise DatasetError(
+                    f"{dataset.source}: row {int(bad['ROW'])}, column {c}: covariate {c} "
+                    f"varies within subject {sid} ({finite[0]:g}, {float(bad[c]):g}); it must "
+                    "be constant within a subject"
+                )
+            covs.append(float(finite[0]))
+        rec = obs[obs["ID"] == sid]
+        if rec.empty:
+            continue
+        times = np.unique(rec["TIME"].to_numpy(dtype=float))
+        o_index = np.array([obs_names.index(d) for d in rec["DVID"]])
+        logn = np.array([pop.residuals[d].error_model.kind == "lognormal" for d in rec["DVID"]])
+        cens = rec["CENS"].to_numpy() == 1
+        y = rec["DV"].to_numpy(dtype=float)
+        lim = rec["LIMIT"].to_numpy(dtype=float)
+        if np.any(logn & ~cens & ~(y > 0)):
+            bad = rec[logn & ~cens & ~(y > 0)].iloc[0]
+            raise DatasetError(
+                f"{dataset.source}: row {int(bad['ROW'])}, column DV: {bad['DV']:g} is not "
+                f"positive, but '{bad['DVID']}' has a log-normal error model"
+            )
+        log_y_sum = float(np.sum(np.log(y[logn & ~cens])))
+        y = np.where(logn & ~cens, np.log(np.where(y > 0, y, 1.0)), y)
+        lim = np.where(logn & cens, np.log(np.where(lim > 0, lim, 1.0)), lim)
+        doses = [
+            Dose(float(r.TIME), float(r.AMT), str(r.CMT))
+            for r in dataset.doses().query("ID == @sid").itertuples()
+        ]
+        subjects.append(
+            SubjectData(
+                sid,
+                times,
+                np.searchsorted(times, rec["TIME"].to_numpy(dtype=float)),
+                o_index,
+                y,
+                cens,
+                lim,
+                log_y_sum,
+                logn,
+                doses,
+                np.array(covs),
+                rec,
+            )
+        )
+    if not subjects:
+        raise FitError(f"no observations to fit in {dataset.source}")
+    return subjects
+
+
+# -- the objective over all subjects ---------------------------------------------------------
+class PopulationObjective:
+    """The OFV as a function of the natural parameters, with EBE warm starts."""
+
+    def __init__(
+        self,
+        pop: PopulationModel,
+        subjects: list[SubjectData],
+        method: str,
+        options: SolverOptions,
+        executor=None,
+    ):
+        self.pop = pop
+        self.layout = Layout(pop)
+        self.subjects = subjects
+        self.method = method
+        self.options = options
+        self.executor = executor
+        self.subject_objective = SubjectObjective(pop, options)
+        self.etas = np.zeros((len(subjects), len(pop.etas)))
+        self.n_evaluations = 0
+        self.failures = 0
+        self.failure_messages: list[str] = []
+
+    def context(self, x: np.ndarray) -> Context:
+        theta, omega, sig = self.layout.parts(x)
+        if len(omega):
+            L = np.linalg.cholesky(omega)  # LinAlgError: not positive definite
+            inv = np.linalg.inv(omega)
+            logdet = 2 * float(np.sum(np.log(np.diag(L))))
+        else:
+            inv, logdet = omega, 0.0
+        return Context(theta, omega, inv, logdet, sig, self.method)
+
+    def evaluate(
+        self, x: np.ndarray, etas: np.ndarray | None = None
+    ) -> tuple[float, list[SubjectResult]]:
+        """Total OFV and per-subject results at natural ``x`` (EBEs from ``etas``)."""
+        self.n_evaluations += 1
+        try:
+            ctx = self.context(x)
+        except np.linalg.LinAlgError:
+            return math.inf, []
+        start = self.etas if etas is None else etas
+        results = [
+            self.subject_objective.conditional(s, ctx, start[i])
+            for i, s in enumerate(self.subjects)
+        ]
+        for r in results:
+            if r.failed:
+                self.failures += 1
+                if len(self.failure_messages) < 20:
+                    self.failure_messages.append(r.failed)
+        total = float(sum(r.obj for r in results))
+        return total, results
+
+    def evaluate_many(self, points: Sequence[np.ndarray], etas: np.ndarray) -> list:
+        """Per-subject OBJ arrays and EBEs at several points (through the executor)."""
+        from pkpd_cart.simulation.executor import get_executor
+
+        ex = get_executor(self.executor)
+        tasks = [(self, x, etas) for x in points]
+        return ex.map(_evaluate_task, tasks)
+
+
+def _evaluate_task(task):
+    objective, x, etas = task
+    total, results = objective.evaluate(x, etas)
+    if not results:
+        return np.full(len(objective.subjects), math.inf), etas
+    return np.array([r.obj for r in results]), np.array([r.eta for r in results])
+
+
+# -- results --------------------------------------------------------------------------------
+@dataclass
+class PopulationFitResult:
+    """Estimates, uncertainty, EBEs and diagnostics of a population fit.
+
+    ``parameters`` has one row per theta, Omega element and sigma: ``estimate`` (Omega
+    as variances/covariances, sigma as SDs), ``se``, ``rse_pct``, 95% Wald limits,
+    ``fixed``; Omega diagonals also carry ``sd`` and ``cv_pct`` (``100 sqrt(exp(w^2)-1)``,
+    log-normal) and sigmas ``variance`` (NONMEM's ``$SIGMA``).
+    """
+
+    population: PopulationModel
+    method: str
+    ofv: float
+    n_observations: int
+    n_censored: int
+    n_subjects: int
+    parameters: object = field(repr=False)  # DataFrame
+    ebes: object = field(repr=False)  # DataFrame: ID, etas, ETC, OBJ
+    individual: object = field(repr=False)  # DataFrame of individual parameters
+    diagnostics: object = field(repr=False)  # DataFrame per record
+    shrinkage: object = field(repr=False)  # DataFrame
+    covariance: np.ndarray | None = field(repr=False)
+    covariance_method: str | None = None
+    correlation: np.ndarray | None = field(default=None, repr=False)
+    eigenvalues: np.ndarray | None = field(default=None, repr=False)
+    R: np.ndarray | None = field(default=None, repr=False)
+    S: np.ndarray | None = field(default=None, repr=False)
+    success: bool = True
+    message: str = ""
+    n_iterations: int = 0
+    n_evaluations: int = 0
+    n_failures: int = 0
+    failure_messages: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+    lmfit_result: object = field(default=None, repr=False)
+    synthetic: bool = False
+
+    @property
+    def n_estimated(self) -> int:
+        return int((~self.parameters["fixed"]).sum())
+
+    @property
+    def ofv_with_constant(self) -> float:
+        """-2 log-likelihood including ``N log(2 pi)`` (N = uncensored observations)."""
+        return self.ofv + (self.n_observations - self.n_censored) * LOG_2PI
+
+    @property
+    def aic(self) -> float:
+        return self.ofv_with_constant + 2 * self.n_estimated
+
+    @property
+    def bic(self) -> float:
+        return self.ofv_with_constant + self.n_estimated * math.log(self.n_observations)
+
+    @property
+    def condition_number(self) -> float | None:
+        if self.eigenvalues is None or not len(self.eigenvalues):
+            return None
+        return float(self.eigenvalues.max() / self.eigenvalues.min())
+
+    def theta(self):
+        return self.parameters[self.parameters["kind"] == "theta"]
+
+    def omega(self):
+        return self.parameters[self.parameters["kind"] == "omega"]
+
+    def sigma(self):
+        return self.parameters[self.parameters["kind"] == "sigma"]
+
+    def summary(self) -> str:
+        """A text table as a pharmacometrician reads it."""
+        lines = [
+            f"Population fit of '{self.population.name}' by {self.method}"
+            + (" (SYNTHETIC data)" if self.synthetic else ""),
+            f"OFV {self.ofv:.4f} (without N log 2pi); -2LL {self.ofv_with_constant:.4f}; "
+            f"AIC {self.aic:.3f}; BIC {self.bic:.3f} ({self.n_estimated} estimated "
+            f"parameters, {self.n_observations} observations, {self.n_subjects} subjects)",
+            f"{'parameter':28s} {'estimate':>12s} {'SE':>11s} {'RSE%':>7s}",
+        ]
+        for r in self.parameters.itertuples():
+            se = "fixed" if r.fixed else (f"{r.se:11.4g}" if np.isfinite(r.se) else "-")
+            rse = "" if r.fixed or not np.isfinite(r.rse_pct) else f"{r.rse_pct:7.1f}"
+            lines.append(f"{r.name:28s} {r.estimate:12.6g} {se:>11s} {rse:>7s}")
+        if self.covariance_method:
+            lines.append(
+                f"covariance: {self.covariance_method}; condition number "
+                f"{self.condition_number:.4g}"
+            )
+        lines += [f"warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+# -- the fit -----------------------------------------------------------------------------------
+def fit_population(
+    population: PopulationModel,
+    data: Dataset,
+    method: str = "FOCEI",
+    covariance: str | None = "sandwich",
+    options: SolverOptions | None = None,
+    executor=None,
+    max_iterations: int = 500,
+    gradient_tolerance: float = 1e-3,
+) -> PopulationFitResult:
+    """Fit a population model by ``"FOCEI"`` (default), ``"FOCE"``, ``"FO"`` or
+    ``"LAPLACE"``.
+
+    Parameters
+    ----------
+    covariance : ``"sandwich"`` (R^-1 S R^-1, NONMEM's default), ``"R"``, ``"S"`` or None.
+    options : ODE solver settings (default rtol 1e-10, atol 1e-12: the OFV is
+        differentiated numerically, so it must be smooth to ~1e-8).
+    executor : None, a number of local processes, or a Dask client / address; the points of
+        each numerical gradient and of the covariance step are evaluated through it.
+    max_iterations : outer iterations; 0 evaluates the OFV at the initial values (NONMEM's
+        ``MAXEVAL=0``) and still computes EBEs and diagnostics.
+    gradient_tolerance : BFGS stops when the gradient's largest component (on the
+        unconstrained scale) is below this.
+    """
+    import lmfit
+
+    if not isinstance(method, str) or method.upper() not in METHODS:
+        raise FitError(f"unknown estimation method {method!r}; choose one of {', '.join(METHODS)}")
+    method = method.upper()
+    if covariance not in COVARIANCE_METHODS:
+        raise FitError(
+            f"unknown covariance method {covariance!r}; choose one of 'sandwich', 'R', 'S' or None"
+        )
+    if not isinstance(population, PopulationModel):
+        raise FitError(f"fit_population needs a PopulationModel, not {type(population).__name__}")
+    if not isinstance(data, Dataset):
+        raise FitError(
+            f"fit_population needs a Dataset (pk.read_dataset), not {type(data).__name__}"
+        )
+    if not isinstance(max_iterations, int) or max_iterations < 0:
+        raise FitError(f"max_iterations must be a non-negative integer, not {max_iterations!r}")
+    from pkpd_cart.errors import ModelDefinitionError
+
+    try:
+        population.validate()
+    except ModelDefinitionError as exc:
+        raise FitError(str(exc)) from None
+    options = options or DEFAULT_OPTIONS
+    subjects = subjects_from_dataset(population, data)
+    if method == "FO" and any(s.censored.any() for s in subjects):
+        raise FitError("records below the LLOQ (M3) need method FOCEI, FOCE or LAPLACE, not FO")
+    objective = PopulationObjective(population, subjects, method, options, executor)
+    layout = objective.layout
+    x0 = layout.natural()
+    timings = {}
+    t0 = time.perf_counter()
+
+    # outer problem through lmfit (Parameters on the unconstrained scale)
+    u0 = layout.to_u(x0)
+    names = [f"u{k}" for k in range(len(u0))]
+    params = lmfit.Parameters()
+    for name, v in zip(names, u0):
+        params.add(name, value=float(v))
+    best = {"ofv": math.inf, "x": x0, "etas": objective.etas.copy()}
+
+    def x_of(p) -> np.ndarray:
+        return layout.from_u(np.array([p[n].value for n in names]), x0)
+
+    def ofv(p) -> float:
+        x = x_of(p)
+        total, results = objective.evaluate(x)
+        if not results or not math.isfinite(total):
+            return 1e20
+        objective.etas = np.array([r.eta for r in results])
+        if total < best["ofv"]:
+            best.update(ofv=total, x=x, etas=objective.etas.copy())
+        return total
+
+    def gradient(p) -> np.ndarray:
+        u = np.array([p[n].value for n in names])
+        steps = 1e-4 * np.maximum(1.0, np.abs(u))
+        points = []
+        for k in range(len(u)):
+            for sign in (1, -1):
+                du = u.copy()
+                du[k] += sign * steps[k]
+                points.append(layout.from_u(du, x0))
+        out = objective.evaluate_many(points, objective.etas)
+        totals = np.array([o[0].sum() for o in out])
+        g = (totals[0::2] - totals[1::2]) / (2 * steps)
+        return np.where(np.isfinite(g), g, 0.0)
+
+    lm_result = None
+    message = "evaluated at the initial estimates (max_iterations=0)"
+    success = True
+    n_iter = 0
+    if max_iterations > 0 and len(u0):
+        minimizer = lmfit.Minimizer(ofv, params)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            lm_result = minimizer.minimize(
+                method="bfgs",
+                jac=gradient,
+                options={"gtol": gradient_tolerance, "maxiter": max_iterations},
+            )
+        n_iter = int(getattr(lm_result, "nit", 0) or 0)
+        message = str(getattr(lm_result, "message", ""))
+        success = bool(lm_result.success)
+        x_hat = best["x"]
+        objective.etas = best["etas"]
+    else:
+        x_hat = x0
+    timings["estimation"] = time.perf_counter() - t0
+
+    # final conditional estimates at x_hat
+    total, results = objective.evaluate(x_hat)
+    if not results:
+        raise FitError("the final estimates give a non-positive-definite Omega")
+    objective.etas = np.array([r.eta for r in results])
+
+    fit_warnings = []
+    if objective.failures:
+        fit_warnings.append(
+            f"{objective.failures} subject evaluations failed and were penalised; first: "
+            f"{objective.failure_messages[0] if objective.failure_messages else ''}"
+        )
+    if not success:
+        fit_warnings.append(f"the outer optimiser did not report success: {message}")
+
+    t1 = time.perf_counter()
+    cov, R, S, cov_used = None, None, None, None
+    if covariance is not None and layout.free and max_iterations > 0:
+        cov, R, S, cov_used, cov_warn = covariance_step(objective, x_hat, covariance)
+        fit_warnings += cov_warn
+    timings["covariance"] = time.perf_counter() - t1
+
+    result = _assemble(objective, x_hat, total, results, cov, R, S, cov_used, method)
+    result.success = success
+    result.message = message
+    result.n_iterations = n_iter
+    result.n_evaluations = objective.n_evaluations
+    result.n_failures = objective.failures
+    result.failure_messages = list(objective.failure_messages)
+    result.warnings = fit_warnings
+    result.timings = timings
+    result.lmfit_result = lm_result
+    result.synthetic = bool(getattr(data, "synthetic", False))
+    for w in fit_warnings:
+        warnings.warn(w, PkpdCartWarning, stacklevel=2)
+    return result
+
+
+def covariance_step(objective: PopulationObjective, x: np.ndarray, method: str):
+    """``(covariance, R, S, method used, warnings)`` in the free natural parameters."""
+    layout = objective.layout
+    free = layout.free
+    n = len(free)
+    h = np.array([1e-3 * max(abs(x[k]), 1e-3) for k in free])
+    etas = objective.etas.copy()
+
+    def shifted(*moves):
+        z = x.copy()
+        for k, s in moves:
+            z[free[k]] += s * h[k]
+        return z
+
+    points = [shifted()]
+    for k in range(n):
+        points += [shifted((k, 1)), shifted((k, -1))]
+    pairs = [(j, k) for j in range(n) for k in range(j)]
+    for j, k in pairs:
+        points += [
+            shifted((j, 1), (k, 1)),
+            shifted((j, 1), (k, -1)),
+            shifted((j, -1), (k, 1)),
+            shifted((j, -1), (k, -1)),
+        ]
+    out = objective.evaluate_many(points, etas)
+    per = np.array([o[0] for o in out])  # (points, subjects)
+    tot = per.sum(axis=1)
+    f0 = tot[0]
+    plus, minus = per[1 : 2 * n + 1 : 2], per[2 : 2 * n + 2 : 2]
+    G = ((plus - minus) / (2 * h[:, None])).T  # (subjects, n)
+    S = G.T @ G
+    R = np.zeros((n, n))
+    for k in range(n):
+        R[k, k] = (plus[k].sum() - 2 * f0 + minus[k].sum()) / h[k] ** 2
+    base = 2 * n + 1
+    for m, (j, k) in enumerate(pairs):
+        a, b, c, d = tot[base + 4 * m : base + 4 * m + 4]
+        R[j, k] = R[k, j] = (a - b - c + d) / (4 * h[j] * h[k])
+    warn = []
+    used = method
+    r_ok = bool(np.all(np.isfinite(R))) and np.all(np.linalg.eigvalsh(R) > 0)
+    if method in ("sandwich", "R") and not r_ok:
+        warn.append(
+            "R matrix (Hessian of the OFV) is not positive definite: the covariance "
+            "falls back to 4 S^-1, as NONMEM does; the estimates may not be a minimum"
+        )
+        used = "S"
+    try:
+        if used == "sandwich":
+            Ri = np.linalg.inv(R)
+            cov = Ri @ S @ Ri
+        elif used == "R":
+            cov = 2 * np.linalg.inv(R)
+        else:
+            cov = 4 * np.linalg.inv(S)
+    except np.linalg.LinAlgError:
+        warn.append(f"the {used} matrix is singular: no standard errors")
+        cov = np.full((n, n), np.nan)
+    return cov, R, S, used, warn
+
+
+def _assemble(
+    objective: PopulationObjective, x, total, results, cov, R, S, cov_used, method
+) -> PopulationFitResult:
+    import pandas as pd
+
+    layout = objective.layout
+    pop = objective.pop
+    theta, omega, sig = layout.parts(x)
+    fitted = pop.with_values(
+        theta=dict(zip(pop.thetas, theta)),
+        omega=omega,
+        sigma={e.index: x[k] for k, e in enumerate(layout.entries) if e.kind == "sigma"},
+    )
+    se = np.full(len(x), np.nan)
+    corr = eig = None
+    if cov is not None:
+        d = np.sqrt(np.where(np.diag(cov) > 0, np.diag(cov), np.nan))
+        se[layout.free] = d
+        with np.errstate(invalid="ignore", divide="ignore"):
+            corr = cov / np.outer(d, d)
+        if np.all(np.isfinite(corr)):
+            eig = np.linalg.eigvalsh(corr)
+    rows = []
+    for k, e in enumerate(layout.entries):
+        est = float(x[k])
+        row = {
+            "kind": e.kind,
+            "name": e.name,
+            "estimate": est,
+            "se": se[k],
+            "rse_pct": 100 * se[k] / abs(est) if est != 0 else np.nan,
+            "lower_95": est - 1.959964 * se[k],
+            "upper_95": est + 1.959964 * se[k],
+            "fixed": e.fixed,
+            "sd": np.nan,
+            "cv_pct": np.nan,
+            "variance": np.nan,
+            "se_variance": np.nan,
+        }
+        if e.kind == "omega" and e.index[0] == e.index[1]:
+            row["sd"] = math.sqrt(est)
+            row["cv_pct"] = 100 * math.sqrt(math.expm1(est))
+            row["variance"] = est
+            row["se_variance"] = se[k]
+        if e.kind == "sigma":
+            row["variance"] = est**2
+            row["se_variance"] = 2 * est * se[k]
+            row["sd"] = est
+        rows.append(row)
+    parameters = pd.DataFrame(rows)
+
+    ctx = objective.context(x)
+    so = objective.subject_objective
+    etas = np.array([r.eta for r in results]).reshape(len(results), len(pop.etas))
+    ebe_rows, ind_rows, diag_frames = [], [], []
+    iwres_all = []
+    for subj, res in zip(objective.subjects, results):
+        etc = np.linalg.inv(res.information) if len(res.eta) else np.zeros((0, 0))
+        row = {"ID": subj.id, **{n: res.eta[i] for i, n in enumerate(pop.etas)}}
+        for i, a in enumerate(pop.etas):
+            for j, b in enumerate(pop.etas[: i + 1]):
+                row[f"ETC({a},{b})"] = etc[i, j]
+        row["OBJ"] = res.obj
+        ebe_rows.append(row)
+        try:
+            ipred = so.predict(subj, ctx, res.eta)
+            ppred = so.predict(subj, ctx, np.zeros(len(pop.etas)), derivatives=False)
+        except Exception:  # noqa: BLE001 - a failed subject gets NaN diagnostics
+            ind_rows.append({"ID": subj.id})
+            continue
+        ind_rows.append({"ID": subj.id, **dict(zip(pop.model.parameters, ipred.parameters))})
+        r = subj.y - ipred.f
+        iwres = np.where(subj.censored, np.nan, r / np.sqrt(ipred.V))
+        iwres_all.append(iwres[~subj.censored])
+        # CWRES (Hooker et al. 2007): FOCE linearisation at eta_hat, V at eta_hat
+        G = ipred.g if ipred.g is not None else np.zeros((len(r), 0))
+        cpred = ipred.f - G @ res.eta
+        unc = ~subj.censored
+        cwres = np.full(len(r), np.nan)
+        if unc.any():
+            Gu = G[unc]
+            C = Gu @ ctx.omega @ Gu.T + np.diag(ipred.V[unc])
+            w, vecs = np.linalg.eigh(C)
+            inv_sqrt = vecs @ np.diag(1 / np.sqrt(w)) @ vecs.T
+            cwres[unc] = inv_sqrt @ (subj.y[unc] - cpred[unc])
+        frame = subj.records[["ROW", "ID", "TIME", "DVID", "DV", "CENS", "LIMIT"]].copy()
+        back = np.where(subj.lognormal, np.exp(ipred.f), ipred.f)
+        frame["PRED"] = np.where(subj.lognormal, np.exp(ppred.f), ppred.f)
+        frame["IPRED"] = back
+        frame["RES"] = frame["DV"] - frame["PRED"]
+        frame["IRES"] = frame["DV"] - frame["IPRED"]
+        frame["IWRES"] = iwres
+        frame["CPRED"] = np.where(subj.lognormal, np.exp(cpred), cpred)
+        frame["CWRES"] = cwres
+        diag_frames.append(frame)
+    ebes = pd.DataFrame(ebe_rows)
+    individual = pd.DataFrame(ind_rows)
+    diagnostics = pd.concat(diag_frames, ignore_index=True) if diag_frames else pd.DataFrame()
+    shrink = []
+    for i, n in enumerate(pop.etas):  # NONMEM's ETASHRINKSD: the sample SD (n - 1) of EBEs
+        w = math.sqrt(omega[i, i])
+        shrink.append(
+            {
+                "eta": n,
+                "etabar": float(etas[:, i].mean()),
+                "shrinkage_sd_pct": 100 * (1 - float(np.std(etas[:, i], ddof=1)) / w),
+            }
+        )
+    if iwres_all:
+        allw = np.concatenate(iwres_all)
+        shrink.append(
+            {
+                "eta": "EPS (IWRES)",
+                "etabar": float(np.mean(allw)),
+                # EPSSHRINKSD: the root mean square of IWRES (about 0)
+                "shrinkage_sd_pct": 100 * (1 - math.sqrt(float(np.mean(allw**2)))),
+            }
+        )
+    n_obs = sum(len(s.y) for s in objective.subjects)
+    n_cens = sum(int(s.censored.sum()) for s in objective.subjects)
+    log_y = sum(s.log_y_sum for s in objective.subjects)
+    return PopulationFitResult(
+        population=fitted,
+        method=method,
+        ofv=total + 2 * log_y,
+        n_observations=n_obs,
+        n_censored=n_cens,
+        n_subjects=len(objective.subjects),
+        parameters=parameters,
+        ebes=ebes,
+        individual=individual,
+        diagnostics=diagnostics,
+        shrinkage=pd.DataFrame(shrink),
+        covariance=cov,
+        covariance_method=cov_used,
+        correlation=corr,
+        eigenvalues=eig,
+        R=R,
+        S=S,
+    )

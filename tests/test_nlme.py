@@ -1,0 +1,313 @@
+"""Population estimation (FOCE-I, FOCE, FO, LAPLACE) against NONMEM's and nlmixr2's numbers.
+
+References are in tests/data/nlme/ (README there: sources and conventions).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import sympy as sp
+
+import pkpd_cart as pk
+from pkpd_cart.errors import DatasetError, FitError, ModelDefinitionError
+from pkpd_cart.model.population_model import PopulationModel, categorical, indicator, power
+
+DATA = Path(__file__).resolve().parent / "data" / "nlme"
+
+
+# -- models ---------------------------------------------------------------------------------
+def wang_model() -> pk.Model:
+    """Wang 2007 as an ODE: d ipre/dt = -ke ipre, ipre(0) = 10 (nlmixr2's ODE variant)."""
+    m = pk.ModelBuilder("wang2007", description="Wang 2007 test model")
+    ke = m.parameter("ke", 0.5, "1/h", lower=0, upper=100, scale="log", source="Wang 2007")
+    ipre = m.state("ipre", "mg/L", initial=10)
+    m.add_term(ipre, -ke * ipre)
+    m.observable("ipre_obs", ipre, "mg/L")
+    m.observable("f2", ipre / (ipre + 5), "1")
+    m.observable("lipre", sp.log(ipre), "1")
+    return m.build()
+
+
+WANG_ERRORS = {
+    "prop": pk.ErrorModel.proportional(math.sqrt(0.1)),
+    "propMod": pk.ErrorModel.custom("F * f2"),
+    "propF": pk.ErrorModel.custom("prop_sd * f2", {"prop_sd": math.sqrt(0.1)}),
+    "propFMod": pk.ErrorModel.custom("lipre * f2"),
+    "add": pk.ErrorModel.additive(math.sqrt(0.1)),
+    "addMod": pk.ErrorModel.custom("f2"),
+    "combined1": pk.ErrorModel.combined1(math.sqrt(0.1), math.sqrt(0.1)),
+    "combined2": pk.ErrorModel.combined2(math.sqrt(0.1), math.sqrt(0.1)),
+}
+
+
+def wang_population(error: str) -> PopulationModel:
+    pop = PopulationModel(wang_model())
+    pop.log_normal("ke", 0.5, omega=0.04)
+    pop.error("ipre_obs", WANG_ERRORS[error])
+    return pop
+
+
+def wang_data() -> pk.Dataset:
+    frame = pd.read_csv(DATA / "wang2007.csv", comment="#")
+    frame["DVID"] = "ipre_obs"
+    return pk.dataset_from_frame(frame, source="wang2007.csv")
+
+
+def pheno_population(covariates: bool) -> PopulationModel:
+    pop = PopulationModel(pk.load_model("pk_1cmt_iv"), name="pheno")
+    if covariates:  # pheno_real.lst, NONMEM 7.4.2 initial values
+        th1 = pop.theta("THETA1", 0.00469307, lower=0, unit="L/h/kg")
+        th2 = pop.theta("THETA2", 1.00916, lower=0, unit="L/kg")
+        th3 = pop.theta("THETA3", 0.1, lower=-0.99)
+        e1, e2 = pop.eta("ETA1", 0.0309626), pop.eta("ETA2", 0.031128)
+        wgt, apgr = pop.covariate("WGT"), pop.covariate("APGR")
+        pop.individual("CL", th1 * wgt * sp.exp(e1))
+        pop.individual("V", th2 * wgt * (1 + th3 * indicator(apgr < 5)) * sp.exp(e2))
+        pop.error("C", pk.ErrorModel.proportional(math.sqrt(0.0130865)))
+    else:  # pheno.lst, NONMEM 7.4.4
+        pop.log_normal("CL", 0.00469307, omega=0.0309626)
+        pop.log_normal("V", 1.00916, omega=0.031128)
+        pop.error("C", pk.ErrorModel.proportional(math.sqrt(0.013241)))
+    return pop
+
+
+def pheno_data() -> pk.Dataset:
+    return pk.read_dataset(DATA / "pheno.csv", covariates=["WGT", "APGR"])
+
+
+def read_ext(name: str) -> dict[int, pd.Series]:
+    """NONMEM .ext tables by ITERATION code (the last table of the file)."""
+    text = (DATA / name).read_text().split("TABLE NO.")[-1].splitlines()[1:]
+    rows = [line.split() for line in text if line.strip()]
+    frame = pd.DataFrame(rows[1:], columns=rows[0]).astype(float)
+    return {int(r.ITERATION): r for _, r in frame.iterrows()}
+
+
+def read_phi() -> pd.DataFrame:
+    lines = (DATA / "pheno_real.phi").read_text().splitlines()[1:]
+    rows = [line.split() for line in lines]
+    return pd.DataFrame(rows[1:], columns=rows[0]).astype(float)
+
+
+# -- Wang 2007: objective at fixed parameters --------------------------------------------------
+REFERENCE = pd.read_csv(DATA / "reference_ofv.csv")
+
+
+@pytest.mark.parametrize("error", list(WANG_ERRORS))
+@pytest.mark.parametrize("method", ["FOCEI", "FOCE", "FO"])
+def test_wang2007_objective_matches_nonmem_and_nlmixr2(error, method):
+    ref = REFERENCE.query("error_model == @error and method == @method")["ofv_closed_form"]
+    result = pk.fit_population(
+        wang_population(error), wang_data(), method=method, max_iterations=0, covariance=None
+    )
+    assert result.ofv == pytest.approx(float(ref.iloc[0]), abs=1e-3)
+
+
+def test_wang2007_prop_focei_per_subject_eta_obj_and_residuals():
+    table = pd.read_csv(DATA / "nonmem_prop_focei_table.csv")
+    result = pk.fit_population(
+        wang_population("prop"), wang_data(), max_iterations=0, covariance=None
+    )
+    first = table.groupby("ID").first()
+    ebes = result.ebes.set_index(result.ebes["ID"].astype(int))
+    np.testing.assert_allclose(ebes["eta_ke"], first["ETA1"], atol=1e-4 * 1.5)
+    np.testing.assert_allclose(ebes["OBJ"], first["OBJI"], atol=1e-4 * 1.5)
+    d = result.diagnostics
+    for ours, theirs in [
+        ("IPRED", "IPRE"),
+        ("PRED", "PRED"),
+        ("CWRES", "CWRES"),
+        ("CPRED", "CPRED"),
+        ("IWRES", "IWRES"),
+    ]:
+        np.testing.assert_allclose(d[ours], table[theirs], atol=1e-3, err_msg=ours)
+
+
+# -- LAPLACE is exact for a model linear in eta -----------------------------------------------------
+def linear_population() -> tuple[PopulationModel, pk.Dataset, float]:
+    m = pk.ModelBuilder("level", description="a constant level")
+    P = m.parameter("P", 5.0, "mg/L", lower=-100, upper=100)
+    x = m.state("x", "mg/L", initial=P)
+    m.add_term(x, 0 * x)
+    m.observable("y", x, "mg/L")
+    model = m.build()
+    pop = PopulationModel(model)
+    pop.normal("P", 5.0, omega=0.7)
+    pop.error("y", pk.ErrorModel.additive(0.4))
+    rng = np.random.default_rng(3)
+    rows, exact = [], 0.0
+    for i in range(6):
+        n = 1 + i % 3
+        y = 5 + rng.normal(0, math.sqrt(0.7)) + rng.normal(0, 0.4, n)
+        C = 0.7 * np.ones((n, n)) + 0.16 * np.eye(n)
+        e = y - 5
+        exact += np.linalg.slogdet(C)[1] + e @ np.linalg.solve(C, e)
+        rows += [
+            {"ID": i, "TIME": t + 1.0, "DV": v, "DVID": "y", "EVID": 0} for t, v in enumerate(y)
+        ]
+    return pop, pk.dataset_from_frame(pd.DataFrame(rows), source="linear"), exact
+
+
+@pytest.mark.parametrize("method", ["FOCEI", "FOCE", "FO", "LAPLACE"])
+def test_every_method_is_exact_for_a_model_linear_in_eta(method):
+    pop, data, exact = linear_population()
+    result = pk.fit_population(pop, data, method=method, max_iterations=0, covariance=None)
+    assert result.ofv == pytest.approx(exact, abs=1e-6)
+
+
+def test_laplace_differs_from_focei_where_the_hessian_is_not_first_order():
+    # Wang prop: the exact Hessian of q adds the residual-weighted second-order terms
+    pop = wang_population("prop")
+    focei = pk.fit_population(pop, wang_data(), max_iterations=0, covariance=None)
+    laplace = pk.fit_population(pop, wang_data(), "LAPLACE", max_iterations=0, covariance=None)
+    assert focei.ofv == pytest.approx(39.458, abs=1e-3)
+    assert laplace.ofv == pytest.approx(39.227, abs=2e-3)  # computed independently (README)
+
+
+# -- pheno: NONMEM 7.4.2 FOCE-I with covariates and $COV ----------------------------------------------
+@pytest.fixture(scope="module")
+def pheno_fit():
+    return pk.fit_population(pheno_population(True), pheno_data(), method="FOCEI")
+
+
+def test_pheno_focei_estimates_ofv_and_sandwich_se_match_nonmem(pheno_fit):
+    ext = read_ext("pheno_real.ext")
+    final, se = ext[-1000000000], ext[-1000000001]
+    p = pheno_fit.parameters.set_index("name")
+    assert pheno_fit.ofv == pytest.approx(586.27605628, abs=0.05)
+    for k in (1, 2, 3):
+        assert p.loc[f"THETA{k}", "estimate"] == pytest.approx(final[f"THETA{k}"], rel=1e-3)
+        assert p.loc[f"THETA{k}", "se"] == pytest.approx(se[f"THETA{k}"], rel=0.05)
+    for ours, theirs in [("OMEGA(ETA1)", "OMEGA(1,1)"), ("OMEGA(ETA2)", "OMEGA(2,2)")]:
+        assert p.loc[ours, "estimate"] == pytest.approx(final[theirs], rel=1e-2)
+        assert p.loc[ours, "se"] == pytest.approx(se[theirs], rel=0.05)
+    assert p.loc["SIGMA(C:prop)", "variance"] == pytest.approx(final["SIGMA(1,1)"], rel=1e-2)
+    assert p.loc["SIGMA(C:prop)", "se_variance"] == pytest.approx(se["SIGMA(1,1)"], rel=0.05)
+    assert pheno_fit.covariance_method == "sandwich"
+    assert pheno_fit.ofv_with_constant == pytest.approx(871.14700157, abs=0.05)
+
+
+def test_pheno_per_subject_objective_and_ebes_match_the_phi_file(pheno_fit):
+    phi = read_phi()
+    ebes = pheno_fit.ebes
+    np.testing.assert_allclose(ebes["OBJ"].to_numpy(), phi["OBJ"].to_numpy(), atol=0.01)
+    np.testing.assert_allclose(ebes["ETA1"].to_numpy(), phi["ETA(1)"].to_numpy(), atol=2e-3)
+
+
+def test_pheno_at_nonmem_estimates_reproduces_phi_to_1e4():
+    ext = read_ext("pheno_real.ext")[-1000000000]
+    pop = pheno_population(True).with_values(
+        theta={"THETA1": ext["THETA1"], "THETA2": ext["THETA2"], "THETA3": ext["THETA3"]},
+        omega=np.diag([ext["OMEGA(1,1)"], ext["OMEGA(2,2)"]]),
+        sigma={("C", "prop"): math.sqrt(ext["SIGMA(1,1)"])},
+    )
+    result = pk.fit_population(pop, pheno_data(), max_iterations=0, covariance=None)
+    phi = read_phi()
+    assert result.ofv == pytest.approx(586.27605628, abs=2e-3)
+    np.testing.assert_allclose(result.ebes["OBJ"], phi["OBJ"], atol=1e-4)
+    np.testing.assert_allclose(result.ebes["ETA1"], phi["ETA(1)"], atol=1e-5)
+    np.testing.assert_allclose(result.ebes["ETC(ETA2,ETA1)"], phi["ETC(2,1)"], atol=1e-6)
+    shrink = result.shrinkage.set_index("eta")["shrinkage_sd_pct"]
+    assert shrink["ETA1"] == pytest.approx(47.13, abs=0.05)  # pheno_real.lst ETASHRINKSD
+    assert shrink["ETA2"] == pytest.approx(12.84, abs=0.05)
+    assert shrink["EPS (IWRES)"] == pytest.approx(21.20, abs=0.05)  # EPSSHRINKSD
+
+
+def test_pheno_without_covariates_reaches_nonmems_ofv():
+    result = pk.fit_population(pheno_population(False), pheno_data(), covariance=None)
+    assert result.ofv == pytest.approx(730.89472681, abs=0.05)
+    ext = read_ext("pheno.ext")[-1000000000]
+    p = result.parameters.set_index("name")["estimate"]
+    assert p["tv_CL"] == pytest.approx(ext["THETA1"], rel=1e-2)
+    assert p["tv_V"] == pytest.approx(ext["THETA2"], rel=1e-2)
+
+
+# -- the population model ------------------------------------------------------------------------------
+def test_shorthands_build_the_nonmem_expressions():
+    pop = PopulationModel(pk.load_model("pk_1cmt_iv"))
+    pop.log_normal("CL", 2.0, omega=0.1, covariates=[power("WGT", 70, 0.75, fixed=True)])
+    pop.log_normal(
+        "V",
+        20.0,
+        omega=0.1,
+        covariates=[categorical("APGR", sp.Symbol("APGR", real=True) < 5, 0.2)],
+    )
+    pop.error("C", pk.ErrorModel.proportional(0.1))
+    cl = pop.individual_parameters(np.array([0.3, -0.2]), np.array([50.0, 3.0]))
+    names = list(pop.model.parameters)
+    assert cl[names.index("CL")] == pytest.approx(2.0 * (50 / 70) ** 0.75 * math.exp(0.3))
+    assert cl[names.index("V")] == pytest.approx(20.0 * 1.2 * math.exp(-0.2))
+    assert pop.thetas["WGT_on_CL"].fixed
+
+
+def test_population_model_draws_virtual_patients_with_omega():
+    pop = PopulationModel(pk.load_model("pk_1cmt_iv"))
+    pop.log_normal("CL", 2.0, omega=0.09)
+    pop.log_normal("V", 20.0, omega=0.04)
+    pop.block(["eta_CL", "eta_V"], [[0.09, 0.03], [0.03, 0.04]])
+    pop.error("C", pk.ErrorModel.proportional(0.1))
+    frame = pop.draw(n=4000, seed=1)
+    logs = np.log(frame[["CL", "V"]].to_numpy()) - np.log([2.0, 20.0])
+    np.testing.assert_allclose(np.cov(logs.T), [[0.09, 0.03], [0.03, 0.04]], atol=6e-3)
+    run = pk.simulate_population(pop.model, frame, [1.0, 2.0], doses=[pk.Dose(0, 100, "A")])
+    assert run.n_failed == 0
+
+
+# -- bad input: one line, the package's own error ---------------------------------------------------------
+def test_random_effect_on_an_unknown_parameter_is_refused():
+    pop = PopulationModel(pk.load_model("pk_1cmt_iv"), name="p")
+    with pytest.raises(ModelDefinitionError) as err:
+        pop.log_normal("KA", 1.0, omega=0.1)
+    assert str(err.value) == "population model 'p': model 'pk_1cmt_iv' has no parameter 'KA'"
+
+
+def test_non_positive_definite_omega_is_refused():
+    pop = PopulationModel(pk.load_model("pk_1cmt_iv"), name="p")
+    pop.log_normal("CL", 1.0, omega=0.1)
+    pop.log_normal("V", 10.0, omega=0.1)
+    with pytest.raises(ModelDefinitionError) as err:
+        pop.block(["eta_CL", "eta_V"], [[0.1, 0.2], [0.2, 0.1]])
+    assert str(err.value) == (
+        "population model 'p': initial Omega block of eta_CL, eta_V is not positive definite"
+    )
+
+
+def test_misspelt_method_is_refused():
+    with pytest.raises(FitError) as err:
+        pk.fit_population(wang_population("prop"), wang_data(), method="FOCE-I")
+    assert (
+        str(err.value) == "unknown estimation method 'FOCE-I'; choose one of FOCEI, FOCE, FO, "
+        "LAPLACE"
+    )
+
+
+def test_missing_covariate_column_is_refused():
+    frame = pd.read_csv(DATA / "pheno.csv", comment="#").drop(columns="APGR")
+    data = pk.dataset_from_frame(frame, source="pheno.csv", covariates=["WGT"])
+    with pytest.raises(DatasetError) as err:
+        pk.fit_population(pheno_population(True), data)
+    assert str(err.value) == (
+        "pheno.csv: column APGR: covariate of population model 'pheno' is missing from the "
+        "dataset"
+    )
+
+
+def test_covariate_varying_within_a_subject_is_refused(tmp_path):
+    text = (
+        (DATA / "pheno.csv")
+        .read_text()
+        .replace("1,12.5,,,1,3.5,A,1,1.4,7", "1,12.5,,,1,3.5,A,1,1.5,7")
+    )
+    path = tmp_path / "pheno.csv"
+    path.write_text(text)
+    with pytest.raises(DatasetError) as err:
+        pk.fit_population(pheno_population(True), pk.read_dataset(path, covariates=["WGT", "APGR"]))
+    assert str(err.value) == (
+        f"{path}: row 9, column WGT: covariate WGT varies within subject 1 (1.4, 1.5); it "
+        "must be constant within a subject"
+    )
