@@ -50,7 +50,8 @@ def pheno() -> tuple[PopulationModel, pk.Dataset]:
     pop.individual("CL", th1 * wgt * sp.exp(e1))
     pop.individual("V", th2 * wgt * (1 + th3 * indicator(apgr < 5)) * sp.exp(e2))
     pop.error("C", pk.ErrorModel.proportional(math.sqrt(0.0130865)))
-    data = pk.read_dataset(ROOT / "tests" / "data" / "nlme" / "pheno.csv", covariates=["WGT", "APGR"])
+    path = ROOT / "tests" / "data" / "nlme" / "pheno.csv"
+    data = pk.read_dataset(path, covariates=["WGT", "APGR"])
     return pop, data
 
 
@@ -78,10 +79,14 @@ def run(name: str, pop: PopulationModel, data: pk.Dataset, reference: dict, exec
     est, cov = result.timings["estimation"], result.timings["covariance"]
     print(f"\n{name}: {result.n_subjects} subjects, {result.n_observations} observations")
     print(f"  OFV {result.ofv:.3f}   " + "   ".join(f"{k} {v:.3f}" for k, v in reference.items()))
-    print(f"  estimation {est:.2f} s ({result.n_iterations} BFGS iterations, "
-          f"{result.n_evaluations} OFV evaluations), covariance {cov:.2f} s, total {wall:.2f} s")
-    print(f"  baseline (one plain simulation of every subject): {base * 1e3:.2f} ms; the fit "
-          f"costs {wall / base:.0f} baselines, {result.n_evaluations} OFV evaluations")
+    print(
+        f"  estimation {est:.2f} s ({result.n_iterations} BFGS iterations, "
+        f"{result.n_evaluations} OFV evaluations), covariance {cov:.2f} s, total {wall:.2f} s"
+    )
+    print(
+        f"  baseline (one plain simulation of every subject): {base * 1e3:.2f} ms; the fit "
+        f"costs {wall / base:.0f} baselines, {result.n_evaluations} OFV evaluations"
+    )
     print(result.summary())
 
 
@@ -90,11 +95,19 @@ def main(argv=None) -> int:
     parser.add_argument("--executor", type=int, default=None, help="local processes")
     parser.add_argument("--skip-acop", action="store_true")
     args = parser.parse_args(argv)
-    run("pheno (NONMEM 7.4.2 FOCE-I, covariates, $COV)", *pheno(),
-        {"NONMEM": 586.276}, args.executor)
+    run(
+        "pheno (NONMEM 7.4.2 FOCE-I, covariates, $COV)",
+        *pheno(),
+        {"NONMEM": 586.276},
+        args.executor,
+    )
     if not args.skip_acop:
-        run("ACOP 2016 bolus 1-cmt (runODE001 / nlmixr2 U001)", *acop(),
-            {"NONMEM": 20058.504, "nlmixr2": 20058.555}, args.executor)
+        run(
+            "ACOP 2016 bolus 1-cmt (runODE001 / nlmixr2 U001)",
+            *acop(),
+            {"NONMEM": 20058.504, "nlmixr2": 20058.555},
+            args.executor,
+        )
     return 0
 
 

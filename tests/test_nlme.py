@@ -20,7 +20,7 @@ from pkpd_cart.model.population_model import PopulationModel, categorical, indic
 DATA = Path(__file__).resolve().parent / "data" / "nlme"
 
 
-# -- models ---------------------------------------------------------------------------------
+# -- models ---
 def wang_model() -> pk.Model:
     """Wang 2007 as an ODE: d ipre/dt = -ke ipre, ipre(0) = 10 (nlmixr2's ODE variant)."""
     m = pk.ModelBuilder("wang2007", description="Wang 2007 test model")
@@ -94,7 +94,7 @@ def read_phi() -> pd.DataFrame:
     return pd.DataFrame(rows[1:], columns=rows[0]).astype(float)
 
 
-# -- Wang 2007: objective at fixed parameters --------------------------------------------------
+# -- Wang 2007: objective at fixed parameters ---
 REFERENCE = pd.read_csv(DATA / "reference_ofv.csv")
 
 
@@ -128,7 +128,7 @@ def test_wang2007_prop_focei_per_subject_eta_obj_and_residuals():
         np.testing.assert_allclose(d[ours], table[theirs], atol=1e-3, err_msg=ours)
 
 
-# -- LAPLACE is exact for a model linear in eta -----------------------------------------------------
+# -- LAPLACE is exact for a model linear in eta ---
 def linear_population() -> tuple[PopulationModel, pk.Dataset, float]:
     m = pk.ModelBuilder("level", description="a constant level")
     P = m.parameter("P", 5.0, "mg/L", lower=-100, upper=100)
@@ -169,7 +169,7 @@ def test_laplace_differs_from_focei_where_the_hessian_is_not_first_order():
     assert laplace.ofv == pytest.approx(39.227, abs=2e-3)  # computed independently (README)
 
 
-# -- pheno: NONMEM 7.4.2 FOCE-I with covariates and $COV ----------------------------------------------
+# -- pheno: NONMEM 7.4.2 FOCE-I with covariates and $COV ---
 @pytest.fixture(scope="module")
 def pheno_fit():
     return pk.fit_population(pheno_population(True), pheno_data(), method="FOCEI")
@@ -227,7 +227,7 @@ def test_pheno_without_covariates_reaches_nonmems_ofv():
     assert p["tv_V"] == pytest.approx(ext["THETA2"], rel=1e-2)
 
 
-# -- the population model ------------------------------------------------------------------------------
+# -- the population model ---
 def test_shorthands_build_the_nonmem_expressions():
     pop = PopulationModel(pk.load_model("pk_1cmt_iv"))
     pop.log_normal("CL", 2.0, omega=0.1, covariates=[power("WGT", 70, 0.75, fixed=True)])
@@ -258,7 +258,7 @@ def test_population_model_draws_virtual_patients_with_omega():
     assert run.n_failed == 0
 
 
-# -- bad input: one line, the package's own error ---------------------------------------------------------
+# -- bad input: one line, the package's own error ---
 def test_random_effect_on_an_unknown_parameter_is_refused():
     pop = PopulationModel(pk.load_model("pk_1cmt_iv"), name="p")
     with pytest.raises(ModelDefinitionError) as err:
@@ -292,8 +292,7 @@ def test_missing_covariate_column_is_refused():
     with pytest.raises(DatasetError) as err:
         pk.fit_population(pheno_population(True), data)
     assert str(err.value) == (
-        "pheno.csv: column APGR: covariate of population model 'pheno' is missing from the "
-        "dataset"
+        "pheno.csv: column APGR: covariate of population model 'pheno' is missing from the dataset"
     )
 
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pkpd_cart.errors import SimulationError
-from pkpd_cart.simulation.solver import Dose, SolverOptions, simulate
+from pkpd_cart.simulation.solver import Dose, RepeatedRun, SolverOptions, simulate
 
 LOG_2PI = math.log(2 * math.pi)
 METHODS = ("FOCEI", "FOCE", "FO", "LAPLACE")
@@ -114,6 +114,7 @@ class SubjectObjective:
         self.penalty = penalty
         self.n_simulations = 0
         self.inner_tolerance = 1e-12
+        self._runs: dict = {}  # (subject id, with sensitivities) -> RepeatedRun
 
     # -- predictions -----------------------------------------------------------------
     def predict(
@@ -130,22 +131,14 @@ class SubjectObjective:
         p = np.asarray(cp.individual(th, et, cv), dtype=float)
         wrt = self.varying if (derivatives and self.n_eta) else []
         self.n_simulations += 1
-        traj = simulate(
-            self.model,
-            subj.times,
-            params=p,
-            doses=subj.doses,
-            options=self.options,
-            sensitivities=wrt or False,
-            compiled=self.compiled,
-        )
-        O = traj.observables[subj.t_index]  # (n_rec, n_obs)
+        obs_all, obs_sens = self._simulate(subj, p, wrt)
+        O = obs_all[subj.t_index]  # (n_rec, n_obs)
         rec = np.arange(len(subj.y))
         f = O[rec, subj.o_index]
         dO = None
         if wrt:
             dpdeta = np.asarray(cp.d_individual(th, et, cv), dtype=float)  # (n_var, n_eta)
-            dO = traj.observable_sensitivities[subj.t_index] @ dpdeta  # (n_rec, n_obs, n_eta)
+            dO = obs_sens[subj.t_index] @ dpdeta  # (n_rec, n_obs, n_eta)
         V = np.empty_like(f)
         g = dO[rec, subj.o_index] if dO is not None else None
         h = np.zeros_like(g) if g is not None else None
@@ -187,6 +180,26 @@ class SubjectObjective:
                 "non-finite prediction or non-positive residual variance",
             )
         return Prediction(f, V, g, h, p)
+
+    def _simulate(self, subj: SubjectData, p: np.ndarray, wrt: list[str]):
+        """Observables (and their sensitivities to ``wrt``) at the subject's times."""
+        if RepeatedRun.supported(self.model, self.options):
+            key = (subj.id, bool(wrt))
+            run = self._runs.get(key)
+            if run is None:
+                run = RepeatedRun(self.compiled, subj.times, subj.doses, self.options, wrt)
+                self._runs[key] = run
+            return run.run(p)
+        traj = simulate(
+            self.model,
+            subj.times,
+            params=p,
+            doses=subj.doses,
+            options=self.options,
+            sensitivities=wrt or False,
+            compiled=self.compiled,
+        )
+        return traj.observables, traj.observable_sensitivities
 
     # -- the conditional objective ---------------------------------------------------
     def q_terms(
