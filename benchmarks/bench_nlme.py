@@ -8,7 +8,7 @@ runODE001 36.2 s estimation + 8.3 s covariance, OFV 20058.504; nlmixr2 4.0.0 FOC
 The baseline measured in the same run is one plain simulation of every subject (the unit
 of work of an OFV evaluation), so that the ratios survive a noisy machine.
 
-    python benchmarks/bench_nlme.py [--executor N] [--skip-acop]
+    python benchmarks/bench_nlme.py [--executor N] [--only pheno|acop]
 """
 
 from __future__ import annotations
@@ -93,15 +93,16 @@ def run(name: str, pop: PopulationModel, data: pk.Dataset, reference: dict, exec
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--executor", type=int, default=None, help="local processes")
-    parser.add_argument("--skip-acop", action="store_true")
+    parser.add_argument("--only", choices=["pheno", "acop"], default=None)
     args = parser.parse_args(argv)
-    run(
-        "pheno (NONMEM 7.4.2 FOCE-I, covariates, $COV)",
-        *pheno(),
-        {"NONMEM": 586.276},
-        args.executor,
-    )
-    if not args.skip_acop:
+    if args.only != "acop":
+        run(
+            "pheno (NONMEM 7.4.2 FOCE-I, covariates, $COV)",
+            *pheno(),
+            {"NONMEM": 586.276},
+            args.executor,
+        )
+    if args.only != "pheno":
         run(
             "ACOP 2016 bolus 1-cmt (runODE001 / nlmixr2 U001)",
             *acop(),

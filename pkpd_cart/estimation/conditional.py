@@ -128,7 +128,12 @@ class SubjectObjective:
         """``f``, ``V`` and (if asked) ``g = df/deta``, ``h = dV/deta`` of every record."""
         cp = self.compiled_pop
         th, et, cv = list(ctx.theta), list(eta), list(subj.covariates)
-        p = np.asarray(cp.individual(th, et, cv), dtype=float)
+        try:
+            p = np.asarray(cp.individual(th, et, cv), dtype=float)
+        except (ArithmeticError, ValueError) as exc:  # e.g. exp overflow far from the optimum
+            raise SimulationError(
+                self.model.name, 0.0, {}, f"individual parameters: {exc}"
+            ) from None
         wrt = self.varying if (derivatives and self.n_eta) else []
         self.n_simulations += 1
         obs_all, obs_sens = self._simulate(subj, p, wrt)
@@ -269,7 +274,7 @@ class SubjectObjective:
             if ctx.method == "FO":
                 return self.fo(subj, ctx)
             return self._conditional(subj, ctx, eta0, tol, max_iter)
-        except (SimulationError, np.linalg.LinAlgError, FloatingPointError) as exc:
+        except (SimulationError, np.linalg.LinAlgError, ArithmeticError, ValueError) as exc:
             return SubjectResult(
                 np.asarray(eta0, dtype=float), self.penalty, np.eye(self.n_eta), 0, str(exc)
             )
