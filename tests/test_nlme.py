@@ -315,49 +315,21 @@ def test_covariate_varying_within_a_subject_is_refused(tmp_path):
     )
 
 
-# -- recovery with M3-censored records ---------------------------------------------------
-TRUTH = {"tv_CL": 2.0, "tv_V": 20.0, "OMEGA(eta_CL)": 0.09, "OMEGA(eta_V)": 0.04,
-         "SIGMA(C:prop)": 0.15}
-
-
-def simulated_population(seed: int, n: int = 30) -> tuple[PopulationModel, pk.Dataset, float]:
-    """Data from a known population; records below an LLOQ censored (about a third)."""
-    pop = PopulationModel(pk.load_model("pk_1cmt_iv"), name="truth")
-    pop.log_normal("CL", TRUTH["tv_CL"], omega=TRUTH["OMEGA(eta_CL)"])
-    pop.log_normal("V", TRUTH["tv_V"], omega=TRUTH["OMEGA(eta_V)"])
-    pop.error("C", pk.ErrorModel.proportional(TRUTH["SIGMA(C:prop)"]))
-    times = np.array([0.5, 1, 2, 4, 8, 12, 18, 24.0])
-    frame = pop.draw(n=n, seed=seed)
-    run = pk.simulate_population(pop.model, frame, times, doses=[pk.Dose(0, 100.0, "A")])
-    rng = np.random.default_rng(seed + 1)
-    lloq = 1.0
-    rows = []
-    for i, traj in run.trajectories.items():
-        rows.append({"ID": i + 1, "TIME": 0.0, "EVID": 1, "AMT": 100.0, "CMT": "A"})
-        conc = traj.observables[:, 0] * (1 + TRUTH["SIGMA(C:prop)"] * rng.standard_normal(8))
-        for t, c in zip(times, conc):
-            cens = c < lloq
-            rows.append({"ID": i + 1, "TIME": t, "EVID": 0, "DVID": "C",
-                         "DV": np.nan if cens else c, "CENS": int(cens), "LIMIT": lloq})
-    data = pk.dataset_from_frame(pd.DataFrame(rows), source=f"simulated-{seed}")
-    censored = float(np.mean([r["CENS"] for r in rows if r["EVID"] == 0]))
-    start = PopulationModel(pop.model, name="fit")  # initial estimates away from the truth
-    start.log_normal("CL", 3.0, omega=0.2)
-    start.log_normal("V", 12.0, omega=0.2)
-    start.error("C", pk.ErrorModel.proportional(0.3))
-    return start, data, censored
-
-
+# -- recovery with M3-censored records ---
 @pytest.mark.slow
 def test_focei_with_m3_recovers_a_known_population():
-    pop, data, censored = simulated_population(seed=11)
+    from nlme_recovery import TRUTH, simulate_dataset, starting_population  # fits/
+
+    data, censored = simulate_dataset(seed=11)
     assert 0.2 < censored < 0.45
-    result = pk.fit_population(pop, data, method="FOCEI")
+    assert data.synthetic
+    result = pk.fit_population(starting_population(), data, method="FOCEI")
     p = result.parameters.set_index("name")
     for name, truth in TRUTH.items():
         est, se = p.loc[name, "estimate"], p.loc[name, "se"]
         assert abs(est - truth) < 3 * se, (name, est, se, truth)
-    assert result.n_censored == int(round(censored * 240))
+    assert result.n_censored == round(censored * 240)
+    assert "SYNTHETIC" in result.summary()
 
 
 def test_a_subject_whose_simulation_fails_is_counted_and_reported_not_fatal():
@@ -369,8 +341,10 @@ def test_a_subject_whose_simulation_fails_is_counted_and_reported_not_fatal():
     pop = PopulationModel(m.build())
     pop.log_normal("k", 0.1, omega=0.01)
     pop.error("C", pk.ErrorModel.additive(0.5))
-    rows = [{"ID": 1, "TIME": t, "DV": 1 / (1 - 0.1 * t), "DVID": "C", "EVID": 0}
-            for t in (1.0, 2.0, 4.0)]
+    rows = [
+        {"ID": 1, "TIME": t, "DV": 1 / (1 - 0.1 * t), "DVID": "C", "EVID": 0}
+        for t in (1.0, 2.0, 4.0)
+    ]
     rows += [{"ID": 2, "TIME": 20.0, "DV": 5.0, "DVID": "C", "EVID": 0}]  # past the blow-up
     data = pk.dataset_from_frame(pd.DataFrame(rows), source="blowup")
     with pytest.warns(pk.PkpdCartWarning, match="subject evaluations failed"):

@@ -6,7 +6,7 @@ effects (Omega) and the residual-error sigmas of a
 objective function value (OFV: -2 log-likelihood without ``N log 2 pi``), the sum of the
 per-subject contributions of :mod:`pkpd_cart.estimation.conditional`.
 
-Outer problem. The optimiser is lmfit's BFGS (``scipy.optimize.minimize``) on an
+Outer problem. A BFGS quasi-Newton loop (:func:`quasi_newton`) on an
 unconstrained vector: bounded thetas through log/logit transforms, each free Omega block
 through its Cholesky factor with a log diagonal, sigmas on the log scale. Its gradient is
 a central difference of the marginal OFV with every subject's EBEs re-optimised from the
@@ -383,7 +383,7 @@ class PopulationFitResult:
     failure_messages: list = field(default_factory=list)
     warnings: list = field(default_factory=list)
     timings: dict = field(default_factory=dict)
-    lmfit_result: object = field(default=None, repr=False)
+    params: object = field(default=None, repr=False)  # lmfit.Parameters, natural scale
     synthetic: bool = False
 
     @property
@@ -441,6 +441,72 @@ class PopulationFitResult:
         return "\n".join(lines)
 
 
+# -- the outer optimiser ----------------------------------------------------------------------
+def quasi_newton(
+    ofv_at, gradient_at, u0: np.ndarray, max_iterations: int, ofv_tolerance: float
+) -> tuple[np.ndarray, int, bool, str]:
+    """BFGS on the unconstrained outer vector with an Armijo backtracking line search.
+
+    Why not scipy's BFGS (lmfit ``method="bfgs"``): its Wolfe line search asks for the
+    gradient at every trial point, and here a gradient is ``2n`` OFV evaluations, each
+    re-optimising every subject's EBEs. Measured on a 30-subject M3 problem it took 1088
+    OFV evaluations in 15 iterations; this loop needs one gradient per iteration and
+    usually one trial. The first inverse Hessian is the diagonal of second differences
+    that the first gradient gives for one more evaluation.
+
+    Stops when the OFV decrease the quasi-Newton model predicts, ``g' H^-1 g / 2``, is
+    below ``ofv_tolerance`` (OFV units), or when no step decreases the OFV any more.
+    """
+    u = np.array(u0, dtype=float)
+    f = ofv_at(u)
+    if not math.isfinite(f):
+        return u, 0, False, "the OFV is not finite at the initial estimates"
+    g, curv = gradient_at(u, with_curvature=True)
+    usable = np.isfinite(curv) & (curv > 0)
+    Hinv = np.diag(np.where(usable, 1 / np.maximum(curv, 1e-300), 1 / (10 * np.abs(g) + 1)))
+    for it in range(1, max_iterations + 1):
+        d = -Hinv @ g
+        expected = -float(g @ d)
+        if not (expected > 0 and np.all(np.isfinite(d))):  # lost positive definiteness
+            Hinv = np.diag(np.where(usable, 1 / np.maximum(curv, 1e-300), 1.0))
+            d = -Hinv @ g
+            expected = -float(g @ d)
+        if expected / 2 < ofv_tolerance:
+            return u, it - 1, True, f"converged: predicted OFV decrease {expected / 2:.2g}"
+        longest = np.max(np.abs(d))
+        if longest > 2.0:  # at most a factor e^2 per step on log-scale parameters
+            d *= 2.0 / longest
+        lam, accepted = 1.0, False
+        for _ in range(40):
+            trial = u + lam * d
+            f_trial = ofv_at(trial)
+            if math.isfinite(f_trial) and f_trial <= f + 1e-4 * lam * float(g @ d):
+                accepted = True
+                break
+            lam *= 0.5
+        if not accepted:
+            return (
+                u,
+                it - 1,
+                expected / 2 < 100 * ofv_tolerance,
+                (
+                    f"no step decreases the OFV (predicted decrease {expected / 2:.2g}); "
+                    "stopped at rounding level"
+                ),
+            )
+        g_new, _ = gradient_at(trial)
+        s_vec, y_vec = trial - u, g_new - g
+        sy = float(s_vec @ y_vec)
+        if sy > 1e-12 * float(np.linalg.norm(s_vec) * np.linalg.norm(y_vec)):
+            rho = 1.0 / sy
+            eye = np.eye(len(u))
+            Hinv = (eye - rho * np.outer(s_vec, y_vec)) @ Hinv @ (
+                eye - rho * np.outer(y_vec, s_vec)
+            ) + rho * np.outer(s_vec, s_vec)
+        u, f, g = trial, f_trial, g_new
+    return u, max_iterations, False, f"stopped after max_iterations={max_iterations}"
+
+
 # -- the fit -----------------------------------------------------------------------------------
 def fit_population(
     population: PopulationModel,
@@ -450,7 +516,7 @@ def fit_population(
     options: SolverOptions | None = None,
     executor=None,
     max_iterations: int = 500,
-    gradient_tolerance: float = 1e-3,
+    ofv_tolerance: float = 1e-6,
 ) -> PopulationFitResult:
     """Fit a population model by ``"FOCEI"`` (default), ``"FOCE"``, ``"FO"`` or
     ``"LAPLACE"``.
@@ -464,11 +530,9 @@ def fit_population(
         each numerical gradient and of the covariance step are evaluated through it.
     max_iterations : outer iterations; 0 evaluates the OFV at the initial values (NONMEM's
         ``MAXEVAL=0``) and still computes EBEs and diagnostics.
-    gradient_tolerance : BFGS stops when the gradient's largest component (on the
-        unconstrained scale) is below this.
+    ofv_tolerance : the outer iterations stop when the OFV decrease the quasi-Newton model
+        predicts is below this (OFV units).
     """
-    import lmfit
-
     if not isinstance(method, str) or method.upper() not in METHODS:
         raise FitError(f"unknown estimation method {method!r}; choose one of {', '.join(METHODS)}")
     method = method.upper()
@@ -500,85 +564,43 @@ def fit_population(
     timings = {}
     t0 = time.perf_counter()
 
-    # outer problem through lmfit (Parameters on the unconstrained scale)
     u0 = layout.to_u(x0)
-    names = [f"u{k}" for k in range(len(u0))]
-    params = lmfit.Parameters()
-    for name, v in zip(names, u0):
-        params.add(name, value=float(v))
-    best = {"ofv": math.inf, "x": x0, "etas": objective.etas.copy()}
 
-    def x_of(p) -> np.ndarray:
-        return layout.from_u(np.array([p[n].value for n in names]), x0)
-
-    def ofv(p) -> float:
-        x = x_of(p)
-        total, results = objective.evaluate(x)
+    def ofv_at(u: np.ndarray) -> float:
+        """OFV at u; the EBEs found become the next warm start."""
+        total, results = objective.evaluate(layout.from_u(u, x0))
         if not results or not math.isfinite(total):
-            return 1e20
+            return math.inf
         objective.etas = np.array([r.eta for r in results])
-        if total < best["ofv"]:
-            best.update(ofv=total, x=x, etas=objective.etas.copy())
         return total
 
-    grad_cache: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
-
-    def gradient_and_curvature(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Central differences of the OFV in u, and the diagonal second differences that
-        come with them (the initial inverse Hessian of BFGS)."""
-        key = u.tobytes()
-        if key in grad_cache:
-            return grad_cache[key]
+    def gradient_at(u: np.ndarray, with_curvature: bool = False):
+        """Central differences of the OFV in u (EBEs re-optimised from the current ones);
+        with the centre point, also the diagonal second differences."""
         steps = 1e-4 * np.maximum(1.0, np.abs(u))
-        points = [layout.from_u(u, x0)]
+        points = [layout.from_u(u, x0)] if with_curvature else []
         for k in range(len(u)):
             for sign in (1, -1):
                 du = u.copy()
                 du[k] += sign * steps[k]
                 points.append(layout.from_u(du, x0))
-        out = objective.evaluate_many(points, objective.etas)
-        totals = np.array([o[0].sum() for o in out])
-        g = (totals[1::2] - totals[2::2]) / (2 * steps)
+        totals = np.array([o[0].sum() for o in objective.evaluate_many(points, objective.etas)])
+        off = 1 if with_curvature else 0
+        g = (totals[off::2][: len(u)] - totals[off + 1 :: 2][: len(u)]) / (2 * steps)
+        if not with_curvature:
+            return g, None
         curvature = (totals[1::2] - 2 * totals[0] + totals[2::2]) / steps**2
-        grad_cache.clear()
-        grad_cache[key] = (np.where(np.isfinite(g), g, 0.0), curvature)
-        return grad_cache[key]
+        return g, curvature
 
-    def gradient(p) -> np.ndarray:
-        return gradient_and_curvature(np.array([p[n].value for n in names]))[0]
-
-    lm_result = None
     message = "evaluated at the initial estimates (max_iterations=0)"
     success = True
     n_iter = 0
+    x_hat = x0
     if max_iterations > 0 and len(u0):
-        # BFGS starts from a diagonal Newton step: without it, its first step is the raw
-        # gradient (thousands of OFV units on ACOP) and the line search wanders far off
-        g0, curv0 = gradient_and_curvature(u0)
-        scale = np.where(
-            np.isfinite(curv0) & (curv0 > 0),
-            1 / np.maximum(curv0, 1e-12),
-            1 / (10 * np.abs(g0) + 1),
+        u_hat, n_iter, success, message = quasi_newton(
+            ofv_at, gradient_at, u0, max_iterations, ofv_tolerance
         )
-        minimizer = lmfit.Minimizer(ofv, params)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            lm_result = minimizer.minimize(
-                method="bfgs",
-                jac=gradient,
-                options={
-                    "gtol": gradient_tolerance,
-                    "maxiter": max_iterations,
-                    "hess_inv0": np.diag(scale),
-                },
-            )
-        n_iter = int(getattr(lm_result, "nit", 0) or 0)
-        message = str(getattr(lm_result, "message", ""))
-        success = bool(lm_result.success)
-        x_hat = best["x"]
-        objective.etas = best["etas"]
-    else:
-        x_hat = x0
+        x_hat = layout.from_u(u_hat, x0)
     timings["estimation"] = time.perf_counter() - t0
 
     # final conditional estimates at x_hat
@@ -612,7 +634,7 @@ def fit_population(
     result.failure_messages = list(objective.failure_messages)
     result.warnings = fit_warnings
     result.timings = timings
-    result.lmfit_result = lm_result
+    result.params = _lmfit_parameters(result.parameters, objective.layout)
     result.synthetic = bool(getattr(data, "synthetic", False))
     for w in fit_warnings:
         warnings.warn(w, PkpdCartWarning, stacklevel=2)
@@ -825,3 +847,29 @@ def _assemble(
         R=R,
         S=S,
     )
+
+
+def _lmfit_parameters(table, layout: Layout):
+    """The estimates as ``lmfit.Parameters`` (natural scale, bounds, ``vary``, ``stderr``),
+    the form the fixed-effects fit and lmfit users already read."""
+    import re
+
+    import lmfit
+
+    params = lmfit.Parameters()
+    for row, entry in zip(table.itertuples(), layout.entries):
+        name = re.sub(r"\W+", "_", row.name).strip("_")
+        lower = (
+            entry.lower if entry.kind == "theta" else (0.0 if entry.kind == "sigma" else -np.inf)
+        )
+        if entry.kind == "omega" and entry.index[0] == entry.index[1]:
+            lower = 0.0
+        params.add(
+            name,
+            value=row.estimate,
+            vary=not row.fixed,
+            min=lower,
+            max=entry.upper if entry.kind == "theta" else np.inf,
+        )
+        params[name].stderr = None if not np.isfinite(row.se) else float(row.se)
+    return params

@@ -1,0 +1,154 @@
+"""Parameter recovery of FOCE-I with M3 censoring: bias and 95% CI coverage over replicates.
+
+Every replicate is SIMULATED: a one-compartment IV bolus population with known typical
+values, between-subject variances and proportional error; concentrations below an LLOQ of
+1 mg/L (about a third of the records) are censored and fitted by M3. Each replicate is fitted
+by FOCE-I from initial estimates away from the truth, with the sandwich covariance step;
+the script reports, per parameter, the mean relative bias, the RMSE and how often the Wald
+95% interval covers the truth.
+
+    python fits/nlme_recovery.py [--replicates 40] [--subjects 30] [--processes 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import pkpd_cart as pk
+from pkpd_cart.model.population_model import PopulationModel
+
+TRUTH = {
+    "tv_CL": 2.0,
+    "tv_V": 20.0,
+    "OMEGA(eta_CL)": 0.09,
+    "OMEGA(eta_V)": 0.04,
+    "SIGMA(C:prop)": 0.15,
+}
+TIMES = np.array([0.5, 1, 2, 4, 8, 12, 18, 24.0])
+DOSE = 100.0
+LLOQ = 1.0
+OUT = Path(__file__).resolve().parent / "reports" / "nlme_recovery"
+
+
+def true_population() -> PopulationModel:
+    pop = PopulationModel(pk.load_model("pk_1cmt_iv"), name="truth")
+    pop.log_normal("CL", TRUTH["tv_CL"], omega=TRUTH["OMEGA(eta_CL)"])
+    pop.log_normal("V", TRUTH["tv_V"], omega=TRUTH["OMEGA(eta_V)"])
+    pop.error("C", pk.ErrorModel.proportional(TRUTH["SIGMA(C:prop)"]))
+    return pop
+
+
+def starting_population() -> PopulationModel:
+    """Initial estimates away from the truth (CL +50%, V -40%, omegas and sigma doubled)."""
+    pop = PopulationModel(pk.load_model("pk_1cmt_iv"), name="fit")
+    pop.log_normal("CL", 3.0, omega=0.2)
+    pop.log_normal("V", 12.0, omega=0.2)
+    pop.error("C", pk.ErrorModel.proportional(0.3))
+    return pop
+
+
+def simulate_dataset(seed: int, n: int = 30) -> tuple[pk.Dataset, float]:
+    """A SIMULATED dataset from :func:`true_population` and its censored fraction."""
+    pop = true_population()
+    frame = pop.draw(n=n, seed=seed)
+    run = pk.simulate_population(pop.model, frame, TIMES, doses=[pk.Dose(0, DOSE, "A")])
+    rng = np.random.default_rng(seed + 1)
+    rows = []
+    sd = TRUTH["SIGMA(C:prop)"]
+    for i, traj in run.trajectories.items():
+        rows.append({"ID": i + 1, "TIME": 0.0, "EVID": 1, "AMT": DOSE, "CMT": "A"})
+        conc = traj.observables[:, 0] * (1 + sd * rng.standard_normal(len(TIMES)))
+        for t, c in zip(TIMES, conc):
+            cens = bool(c < LLOQ)
+            rows.append(
+                {
+                    "ID": i + 1,
+                    "TIME": t,
+                    "EVID": 0,
+                    "DVID": "C",
+                    "DV": np.nan if cens else c,
+                    "CENS": int(cens),
+                    "LIMIT": LLOQ,
+                    "SYNTHETIC": 1,
+                }
+            )
+    frame = pd.DataFrame(rows)
+    frame.loc[frame["EVID"] == 1, "SYNTHETIC"] = 1
+    censored = float(frame.loc[frame["EVID"] == 0, "CENS"].mean())
+    return pk.dataset_from_frame(frame, source=f"simulated replicate {seed}"), censored
+
+
+def one_replicate(seed: int, n: int = 30) -> dict:
+    data, censored = simulate_dataset(seed, n)
+    result = pk.fit_population(starting_population(), data, method="FOCEI")
+    p = result.parameters.set_index("name")
+    row = {"seed": seed, "censored": censored, "ofv": result.ofv, "success": result.success}
+    for name in TRUTH:
+        row[name] = p.loc[name, "estimate"]
+        row[f"{name}_se"] = p.loc[name, "se"]
+    return row
+
+
+def _task(args):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return one_replicate(*args)
+
+
+def summarise(table: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for name, truth in TRUTH.items():
+        est, se = table[name], table[f"{name}_se"]
+        covered = (est - 1.959964 * se <= truth) & (truth <= est + 1.959964 * se)
+        rows.append(
+            {
+                "parameter": name,
+                "truth": truth,
+                "mean_estimate": est.mean(),
+                "bias_pct": 100 * (est.mean() - truth) / truth,
+                "rmse_pct": 100 * np.sqrt(((est - truth) ** 2).mean()) / truth,
+                "coverage_95_pct": 100 * covered.mean(),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--replicates", type=int, default=40)
+    parser.add_argument("--subjects", type=int, default=30)
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args(argv)
+    if args.replicates < 1 or args.subjects < 2 or args.processes < 1:
+        parser.error("--replicates >= 1, --subjects >= 2 and --processes >= 1")
+    from pkpd_cart.simulation.executor import get_executor
+
+    pk.load_model("pk_1cmt_iv").compile()
+    t0 = time.perf_counter()
+    tasks = [(1000 + r, args.subjects) for r in range(args.replicates)]
+    table = pd.DataFrame(get_executor(args.processes).map(_task, tasks))
+    summary = summarise(table)
+    args.out.mkdir(parents=True, exist_ok=True)
+    note = "# SIMULATED data (known truth); FOCE-I with M3, sandwich covariance\n"
+    (args.out / "replicates.csv").write_text(note + table.to_csv(index=False))
+    (args.out / "summary.csv").write_text(note + summary.to_csv(index=False))
+    print(
+        f"{args.replicates} SIMULATED replicates of {args.subjects} subjects, "
+        f"{100 * table['censored'].mean():.0f}% of records censored, "
+        f"{time.perf_counter() - t0:.0f} s"
+    )
+    print(summary.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
