@@ -352,3 +352,56 @@ def test_a_subject_whose_simulation_fails_is_counted_and_reported_not_fatal():
     assert result.n_failures > 0
     assert "blowup" in result.failure_messages[0]
     assert result.ebes["OBJ"].iloc[0] < 100  # subject 1 was fitted
+
+
+def test_covariance_choices_follow_nonmems_definitions():
+    pop, data, _ = linear_population()
+    fits = {m: pk.fit_population(pop, data, covariance=m) for m in ("sandwich", "R", "S")}
+    R, S = fits["R"].R, fits["R"].S
+    np.testing.assert_allclose(fits["R"].covariance, 2 * np.linalg.inv(R), rtol=1e-12)
+    np.testing.assert_allclose(fits["S"].covariance, 4 * np.linalg.inv(S), rtol=1e-12)
+    Ri = np.linalg.inv(fits["sandwich"].R)
+    np.testing.assert_allclose(
+        fits["sandwich"].covariance, Ri @ fits["sandwich"].S @ Ri, rtol=1e-12
+    )
+    # a linear Gaussian model: the Hessian is the expected information, so R and the
+    # sandwich agree closely; the MLE of the typical value is the GLS mean
+    se = {m: f.parameters.set_index("name").loc["tv_P", "se"] for m, f in fits.items()}
+    assert se["R"] == pytest.approx(se["sandwich"], rel=0.35)
+    assert fits["R"].params["tv_P"].stderr == pytest.approx(se["R"])
+
+
+def test_virtual_population_is_an_initial_estimate_and_a_fit_draws_patients():
+    from pkpd_cart.simulation.population import Population
+
+    model = pk.load_model("pk_1cmt_iv")
+    virtual = Population(typical={"CL": 2.5, "V": 15.0}, omega={"CL": 0.3})
+    pop = PopulationModel.from_population(model, virtual, {"C": pk.ErrorModel.proportional(0.2)})
+    assert pop.thetas["tv_CL"].value == 2.5 and pop.thetas["tv_V"].value == 15.0
+    assert pop.etas == ["eta_CL"] and pop.omega[0, 0] == pytest.approx(0.09)
+    fitted = pop.with_values(theta={"tv_CL": 2.0}, omega=np.array([[0.04]]))
+    run = pk.simulate_population(
+        model, 300, [1.0, 4.0], doses=[pk.Dose(0, 100.0, "A")], population=fitted, seed=4
+    )
+    cl = run.parameters["CL"].to_numpy()
+    assert run.n_failed == 0
+    assert np.exp(np.mean(np.log(cl))) == pytest.approx(2.0, rel=0.05)
+    assert np.std(np.log(cl)) == pytest.approx(0.2, rel=0.15)
+    assert np.all(run.parameters["V"] == 15.0)
+
+
+@pytest.mark.slow
+def test_block_omega_is_estimated_and_nests_the_diagonal_model():
+    from nlme_recovery import simulate_dataset, starting_population  # fits/
+
+    data, _ = simulate_dataset(seed=5, n=24)
+    diagonal = pk.fit_population(starting_population(), data, covariance=None)
+    pop = starting_population()
+    pop.block(["eta_CL", "eta_V"], [[0.2, 0.05], [0.05, 0.2]])
+    block = pk.fit_population(pop, data, covariance="sandwich")
+    p = block.parameters.set_index("name")
+    assert "OMEGA(eta_V,eta_CL)" in p.index
+    assert block.ofv <= diagonal.ofv + 1e-3  # one more parameter, nested
+    assert np.isfinite(p.loc["OMEGA(eta_V,eta_CL)", "se"])
+    w = block.population.omega
+    assert np.all(np.linalg.eigvalsh(w) > 0)

@@ -312,3 +312,123 @@ def bdf_segment(y0, t0, tout, p, sw, pidx, rtol, atol, errcon, max_steps, max_st
         n_equal_steps = 0
         lu_valid = False
     return Y, BDF_SUCCESS, t, n_steps
+
+
+@_jit
+def bdf_batch(
+    P,
+    pidx,
+    active,
+    seg_ptr,
+    seg_t0,
+    seg_t1,
+    grid_ptr,
+    grid,
+    seg_lo,
+    seg_hi,
+    start_dose_lo,
+    start_dose_hi,
+    seg_dose_lo,
+    seg_dose_hi,
+    dose_state,
+    dose_amount,
+    out_ptr,
+    at_end,
+    times,
+    rtol,
+    atol,
+    errcon,
+    max_steps,
+    max_step,
+    OBS,
+    OBS_SENS,
+    status,
+):
+    """Simulate several subjects (rows ``active`` of ``P``) in one call, for population fits.
+
+    Each subject has segments ``seg_ptr[s]:seg_ptr[s + 1]`` (from ``seg_t0`` to ``seg_t1``,
+    output grid ``grid[grid_ptr[g]:grid_ptr[g + 1]]`` whose inner points are the subject's
+    output rows ``seg_lo[g]:seg_hi[g]``), bolus doses at its start
+    (``start_dose_lo[s]:start_dose_hi[s]`` into ``dose_state``/``dose_amount``) and
+    after each segment (``seg_dose_lo[g]:seg_dose_hi[g]``); its outputs are the rows
+    ``out_ptr[s]:out_ptr[s + 1]`` of ``times``, ``OBS`` (observables) and ``OBS_SENS``
+    (their sensitivities to the parameters ``pidx``). ``status[s]`` gets the BDF status.
+    The same steps as ``bdf_segment`` called segment by segment; models without switches.
+    """
+    n = N_STATES
+    ns = pidx.shape[0]
+    m = n * (1 + ns)
+    sw = np.zeros(0)
+    for a in range(active.shape[0]):
+        s = active[a]
+        p = P[s]
+        y = np.empty(m)
+        x0 = initial(p)
+        for i in range(n):
+            y[i] = x0[i]
+        if ns > 0:
+            dx0 = initial_dp(p)
+            for k in range(ns):
+                for i in range(n):
+                    y[n * (1 + k) + i] = dx0[i, pidx[k]]
+        for d in range(start_dose_lo[s], start_dose_hi[s]):
+            y[dose_state[d]] += dose_amount[d]
+        r0 = out_ptr[s]
+        nrow = out_ptr[s + 1] - r0
+        Yout = np.empty((nrow, m))
+        status[s] = 0
+        for g in range(seg_ptr[s], seg_ptr[s + 1]):
+            lo = seg_lo[g]
+            hi = seg_hi[g]
+            if seg_t1[g] > seg_t0[g]:
+                Yseg, st, reached, _ = bdf_segment(
+                    y,
+                    seg_t0[g],
+                    grid[grid_ptr[g] : grid_ptr[g + 1]],
+                    p,
+                    sw,
+                    pidx,
+                    rtol,
+                    atol,
+                    errcon,
+                    max_steps,
+                    max_step,
+                )
+                if st != 0:
+                    status[s] = st
+                    break
+                for r in range(hi - lo):
+                    for c in range(m):
+                        Yout[lo + r, c] = Yseg[1 + r, c]
+                last = Yseg.shape[0] - 1
+                for c in range(m):
+                    y[c] = Yseg[last, c]
+            else:
+                for r in range(lo, hi):
+                    for c in range(m):
+                        Yout[r, c] = y[c]
+            for d in range(seg_dose_lo[g], seg_dose_hi[g]):
+                y[dose_state[d]] += dose_amount[d]
+        if status[s] != 0:
+            continue
+        for r in range(at_end[s], nrow):
+            for c in range(m):
+                Yout[r, c] = y[c]
+        states = np.ascontiguousarray(Yout[:, :n])
+        T = times[r0 : r0 + nrow]
+        SW = np.zeros((nrow, 0))
+        obs = observe_all(states, T, p, SW)
+        for r in range(nrow):
+            for o in range(obs.shape[1]):
+                OBS[r0 + r, o] = obs[r, o]
+        if ns > 0:
+            S = np.empty((nrow, n, ns))
+            for r in range(nrow):
+                for k in range(ns):
+                    for i in range(n):
+                        S[r, i, k] = Yout[r, n * (1 + k) + i]
+            osens = observe_sens_all(states, T, p, SW, S, pidx)
+            for r in range(nrow):
+                for o in range(osens.shape[1]):
+                    for k in range(ns):
+                        OBS_SENS[r0 + r, o, k] = osens[r, o, k]

@@ -210,7 +210,15 @@ class SubjectObjective:
     def q_terms(
         self, subj: SubjectData, ctx: Context, eta: np.ndarray, pred: Prediction, need: str = "all"
     ):
-        """``q(eta)``, its gradient and its information (Gauss-Newton) matrix (x 2)."""
+        """``q(eta)``, its gradient and its information (Gauss-Newton) matrix (x 2).
+
+        Far from the mode a variance can underflow: the values are then not finite, which
+        the line search rejects (no warning is raised for that).
+        """
+        with np.errstate(all="ignore"):
+            return self._q_terms(subj, ctx, eta, pred, need)
+
+    def _q_terms(self, subj, ctx, eta, pred, need):
         from scipy.special import log_ndtr
 
         unc, cen = ~subj.censored, subj.censored

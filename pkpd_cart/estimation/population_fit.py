@@ -793,13 +793,19 @@ def _assemble(
             inv_sqrt = vecs @ np.diag(1 / np.sqrt(w)) @ vecs.T
             cwres[unc] = inv_sqrt @ (subj.y[unc] - cpred[unc])
         frame = subj.records[["ROW", "ID", "TIME", "DVID", "DV", "CENS", "LIMIT"]].copy()
-        back = np.where(subj.lognormal, np.exp(ipred.f), ipred.f)
-        frame["PRED"] = np.where(subj.lognormal, np.exp(ppred.f), ppred.f)
+
+        def natural(v: np.ndarray) -> np.ndarray:  # back from the log scale where used
+            out = np.array(v, dtype=float)
+            out[subj.lognormal] = np.exp(out[subj.lognormal])
+            return out
+
+        back = natural(ipred.f)
+        frame["PRED"] = natural(ppred.f)
         frame["IPRED"] = back
         frame["RES"] = frame["DV"] - frame["PRED"]
         frame["IRES"] = frame["DV"] - frame["IPRED"]
         frame["IWRES"] = iwres
-        frame["CPRED"] = np.where(subj.lognormal, np.exp(cpred), cpred)
+        frame["CPRED"] = natural(cpred)
         frame["CWRES"] = cwres
         diag_frames.append(frame)
     ebes = pd.DataFrame(ebe_rows)

@@ -635,3 +635,112 @@ class RepeatedRun:
             return obs, None
         state_sens = out[:, n:].reshape(len(self.times), ns, n).transpose(0, 2, 1).copy()
         return obs, c.observe_sens_all(states, self.times, p, self.out_sw, state_sens, self.pidx)
+
+
+class BatchRun:
+    """Several subjects' :class:`RepeatedRun` s packed for one compiled call
+    (``bdf_batch`` of the generated module): no Python between subjects or segments.
+
+    ``run(P, active)`` simulates the rows ``active`` of the parameter matrix ``P`` and
+    returns ``(observables, sensitivities or None, status)``; subject ``s`` owns rows
+    ``row_ptr[s]:row_ptr[s + 1]`` of the outputs, at its times ``times[...]``.
+    """
+
+    def __init__(self, runs: list[RepeatedRun]):
+        first = runs[0]
+        self.c, self.options, self.model = first.c, first.options, first.model
+        self.pidx = first.pidx
+        self.n_sens = first.n_sens
+        seg_ptr, seg_t0, seg_t1, grid_ptr, grids, seg_lo, seg_hi = [0], [], [], [0], [], [], []
+        start_lo, start_hi, seg_dose_lo, seg_dose_hi, dose_state, dose_amount = (
+            [],
+            [],
+            [],
+            [],
+            [],
+            [],
+        )
+        out_ptr, at_end, times = [0], [], []
+        for run in runs:
+            start_lo.append(len(dose_state))
+            for i, amount in run.doses_at.get(run.start, ()):
+                dose_state.append(i)
+                dose_amount.append(amount)
+            start_hi.append(len(dose_state))
+            for current, b, grid, lo, hi in run.segments:
+                seg_t0.append(current)
+                seg_t1.append(b)
+                grids.append(grid)
+                grid_ptr.append(grid_ptr[-1] + len(grid))
+                seg_lo.append(lo)
+                seg_hi.append(hi)
+                seg_dose_lo.append(len(dose_state))
+                for i, amount in run.doses_at.get(b, ()):
+                    dose_state.append(i)
+                    dose_amount.append(amount)
+                seg_dose_hi.append(len(dose_state))
+            seg_ptr.append(len(seg_t0))
+            at_end.append(run.at_end)
+            times.append(run.times)
+            out_ptr.append(out_ptr[-1] + len(run.times))
+        i64 = np.int64
+        self.seg_ptr = np.asarray(seg_ptr, dtype=i64)
+        self.seg_t0 = np.asarray(seg_t0, dtype=float)
+        self.seg_t1 = np.asarray(seg_t1, dtype=float)
+        self.grid_ptr = np.asarray(grid_ptr, dtype=i64)
+        self.grid = np.concatenate(grids) if grids else np.zeros(0)
+        self.seg_lo = np.asarray(seg_lo, dtype=i64)
+        self.seg_hi = np.asarray(seg_hi, dtype=i64)
+        self.start_lo = np.asarray(start_lo, dtype=i64)
+        self.start_hi = np.asarray(start_hi, dtype=i64)
+        self.seg_dose_lo = np.asarray(seg_dose_lo, dtype=i64)
+        self.seg_dose_hi = np.asarray(seg_dose_hi, dtype=i64)
+        self.dose_state = np.asarray(dose_state, dtype=i64)
+        self.dose_amount = np.asarray(dose_amount, dtype=float)
+        self.row_ptr = np.asarray(out_ptr, dtype=i64)
+        self.at_end = np.asarray(at_end, dtype=i64)
+        self.times = np.concatenate(times)
+        self.n_subjects = len(runs)
+        self.n_obs = len(self.model.observables)
+
+    def run(self, P: np.ndarray, active: np.ndarray):
+        o = self.options
+        rows = len(self.times)
+        OBS = np.full((rows, self.n_obs), np.nan)
+        SENS = np.full((rows, self.n_obs, self.n_sens), np.nan)
+        status = np.zeros(self.n_subjects, dtype=np.int64)
+        with np.errstate(all="ignore"):
+            self.c.bdf_batch(
+                np.ascontiguousarray(P, dtype=float),
+                self.pidx,
+                np.asarray(active, dtype=np.int64),
+                self.seg_ptr,
+                self.seg_t0,
+                self.seg_t1,
+                self.grid_ptr,
+                self.grid,
+                self.seg_lo,
+                self.seg_hi,
+                self.start_lo,
+                self.start_hi,
+                self.seg_dose_lo,
+                self.seg_dose_hi,
+                self.dose_state,
+                self.dose_amount,
+                self.row_ptr,
+                self.at_end,
+                self.times,
+                o.rtol,
+                o.atol,
+                o.sensitivity_error_control,
+                o.max_steps,
+                o.max_step or math.inf,
+                OBS,
+                SENS,
+                status,
+            )
+        return OBS, (SENS if self.n_sens else None), status
+
+    def failure(self, status: int) -> str:
+        code = next((k for k in _BDF_FAILURES if getattr(self.c, k) == status), None)
+        return _BDF_FAILURES.get(code, f"BDF status {status}")
