@@ -794,9 +794,9 @@ def _assemble(
             cwres[unc] = inv_sqrt @ (subj.y[unc] - cpred[unc])
         frame = subj.records[["ROW", "ID", "TIME", "DVID", "DV", "CENS", "LIMIT"]].copy()
 
-        def natural(v: np.ndarray) -> np.ndarray:  # back from the log scale where used
-            out = np.array(v, dtype=float)
-            out[subj.lognormal] = np.exp(out[subj.lognormal])
+        def natural(v: np.ndarray, logged: np.ndarray = subj.lognormal) -> np.ndarray:
+            out = np.array(v, dtype=float)  # back from the log scale where it was used
+            out[logged] = np.exp(out[logged])
             return out
 
         back = natural(ipred.f)
