@@ -354,3 +354,258 @@ def _logdet_pd(matrix: np.ndarray) -> float:
     """log-determinant of a symmetric positive definite matrix (LinAlgError otherwise)."""
     L = np.linalg.cholesky(matrix)
     return 2.0 * float(np.sum(np.log(np.diag(L))))
+
+
+class BatchConditional:
+    """The conditional (EBE) problems of all subjects solved together (FOCE-I and FOCE).
+
+    The same Newton iterations, line search, stopping rule and objective as
+    :meth:`SubjectObjective.conditional`, but each iteration simulates every subject still
+    iterating in one compiled call (:class:`~pkpd_cart.simulation.solver.BatchRun`) and
+    does the algebra for all records at once with numpy, so no Python runs per subject or
+    per dose segment. Used when the model has no switches and the BDF method is chosen.
+    """
+
+    def __init__(self, so: SubjectObjective, subjects: list[SubjectData]):
+        from pkpd_cart.simulation.solver import BatchRun
+
+        self.so = so
+        self.pop = so.population
+        self.subjects = subjects
+        self.n_sub = len(subjects)
+        self.n_eta = so.n_eta
+        self.n_obs = len(so.observables)
+        runs_s = [
+            RepeatedRun(so.compiled, s.times, s.doses, so.options, so.varying) for s in subjects
+        ]
+        runs_p = [RepeatedRun(so.compiled, s.times, s.doses, so.options, ()) for s in subjects]
+        self.batch_s = BatchRun(runs_s)
+        self.batch_p = BatchRun(runs_p)
+        row_ptr = self.batch_s.row_ptr
+        self.rec_subject = np.concatenate(
+            [np.full(len(s.y), i, dtype=np.int64) for i, s in enumerate(subjects)]
+        )
+        self.rec_row = np.concatenate([row_ptr[i] + s.t_index for i, s in enumerate(subjects)])
+        self.rec_obs = np.concatenate([s.o_index for s in subjects])
+        self.y = np.concatenate([s.y for s in subjects])
+        self.cens = np.concatenate([s.censored for s in subjects])
+        self.limit = np.concatenate([s.limit for s in subjects])
+        self.logn = np.concatenate([s.lognormal for s in subjects])
+        self.cov = np.array([s.covariates for s in subjects]).reshape(self.n_sub, -1)
+        self.n_par = len(self.pop.model.parameters)
+
+    # -- per-record pieces -------------------------------------------------------------
+    def _sum(self, values: np.ndarray) -> np.ndarray:
+        """Sum record values per subject (values: (n_rec,) or (n_rec, ...))."""
+        if values.ndim == 1:
+            return np.bincount(self.rec_subject, weights=values, minlength=self.n_sub)
+        flat = values.reshape(len(values), -1)
+        out = np.stack(
+            [
+                np.bincount(self.rec_subject, weights=flat[:, k], minlength=self.n_sub)
+                for k in range(flat.shape[1])
+            ],
+            axis=1,
+        )
+        return out.reshape((self.n_sub,) + values.shape[1:])
+
+    def _predict(
+        self, ctx: Context, eta: np.ndarray, active: np.ndarray, frozen_V: np.ndarray | None
+    ):
+        """f, V, g, h of every record (rows of inactive subjects are NaN) and failures."""
+        P = np.full((self.n_sub, self.n_par), np.nan)
+        D = np.zeros((self.n_sub, len(self.so.varying), self.n_eta))
+        failed = np.zeros(self.n_sub, dtype=bool)
+        with np.errstate(all="ignore"):
+            try:
+                Pa, Da = self.pop.individual_matrix(ctx.theta, eta[active], self.cov[active])
+            except (ArithmeticError, ValueError):
+                Pa = np.full((len(active), self.n_par), np.nan)
+                Da = np.zeros((len(active), len(self.so.varying), self.n_eta))
+        P[active], D[active] = Pa, Da
+        bad = ~np.all(np.isfinite(P[active]), axis=1)
+        failed[active[bad]] = True
+        run_on = active[~bad]
+        self.so.n_simulations += len(run_on)
+        OBS, SENS, status = self.batch_s.run(np.where(np.isfinite(P), P, 0.0), run_on)
+        failed[run_on[status[run_on] != 0]] = True
+        rec = np.arange(len(self.y))
+        O = OBS[self.rec_row]  # (n_rec, n_obs)
+        f = O[rec, self.rec_obs]
+        dO = np.einsum("rov,rve->roe", SENS[self.rec_row], D[self.rec_subject])
+        g = dO[rec, self.rec_obs]  # (n_rec, n_eta)
+        V = np.full_like(f, np.nan)
+        h = np.zeros_like(g)
+        with np.errstate(all="ignore"):
+            fpos = np.maximum(f, 1e-300)
+            F = np.where(self.logn, np.log(fpos), f)
+            g = np.where(self.logn[:, None], g / fpos[:, None], g)
+            for k, obs in enumerate(self.so.observables):
+                sel = self.rec_obs == k
+                if not sel.any() or obs not in self.so.compiled_pop.variance:
+                    continue
+                Vf, dVdF, dVdO, _ = self.so.compiled_pop.variance[obs]
+                sig = ctx.sigma[obs]
+                cols = [O[sel, m] for m in range(self.n_obs)]
+                Fk = F[sel]
+                V[sel] = np.broadcast_to(np.asarray(Vf(Fk, cols, sig), dtype=float), Fk.shape)
+                if frozen_V is None:
+                    dF = np.broadcast_to(np.asarray(dVdF(Fk, cols, sig), dtype=float), Fk.shape)
+                    hk = dF[:, None] * g[sel]
+                    for m, dv in enumerate(dVdO(Fk, cols, sig)):
+                        dv = np.broadcast_to(np.asarray(dv, dtype=float), Fk.shape)
+                        if np.any(dv != 0):
+                            hk = hk + dv[:, None] * dO[sel][:, m, :]
+                    h[sel] = hk
+        if frozen_V is not None:
+            V = frozen_V
+        bad_rec = ~(np.isfinite(F) & np.isfinite(V) & (V > 0) & np.all(np.isfinite(g), axis=1))
+        failed |= np.bincount(self.rec_subject, weights=bad_rec, minlength=self.n_sub) > 0
+        return F, V, g, h, failed
+
+    def _q_terms(self, ctx: Context, eta: np.ndarray, F, V, g, h):
+        """q, gradient and information matrix (x 2) of every subject."""
+        from scipy.special import log_ndtr
+
+        unc, cen = ~self.cens, self.cens
+        with np.errstate(all="ignore"):
+            r = self.y - F
+            term = np.where(unc, np.log(V) + r**2 / V, 0.0)
+            sd = np.sqrt(V)
+            z = (self.limit - F) / sd
+            term = np.where(cen, -2.0 * log_ndtr(z), term)
+            Oi_eta = eta @ ctx.omega_inv  # (n_sub, n_eta), Omega^-1 symmetric
+            q = self._sum(term) + np.einsum("se,se->s", eta, Oi_eta)
+            gterm = h / V[:, None] - 2 * (r / V)[:, None] * g - (r**2 / V**2)[:, None] * h
+            iterm = 2 * np.einsum("ri,rj->rij", g / V[:, None], g) + np.einsum(
+                "ri,rj->rij", h / V[:, None], h / V[:, None]
+            )
+            if cen.any():
+                m = np.exp(-0.5 * z**2 - 0.5 * LOG_2PI - log_ndtr(z))
+                dz = -g / sd[:, None] - (z / (2 * V))[:, None] * h
+                gterm = np.where(cen[:, None], (-2 * m)[:, None] * dz, gterm)
+                w = 2 * m * (z + m)
+                iterm = np.where(
+                    cen[:, None, None], w[:, None, None] * np.einsum("ri,rj->rij", dz, dz), iterm
+                )
+            grad = self._sum(gterm) + 2 * Oi_eta
+            info = self._sum(iterm) + 2 * ctx.omega_inv[None, :, :]
+        return q, grad, info
+
+    def solve(
+        self, ctx: Context, eta0: np.ndarray, tol: float, max_iter: int = 200
+    ) -> list[SubjectResult]:
+        n, k = self.n_sub, self.n_eta
+        frozen = None
+        everyone = np.arange(n)
+        fail_msg = [""] * n
+        if ctx.method == "FOCE":
+            OBS, _, status = self.batch_p.run(
+                np.nan_to_num(self.pop.individual_matrix(ctx.theta, np.zeros((n, k)), self.cov)[0]),
+                everyone,
+            )
+            f0 = OBS[self.rec_row, self.rec_obs]
+            frozen = np.full_like(f0, np.nan)
+            F0 = np.where(self.logn, np.log(np.maximum(f0, 1e-300)), f0)
+            for j, obs in enumerate(self.so.observables):
+                sel = self.rec_obs == j
+                if sel.any() and obs in self.so.compiled_pop.variance:
+                    Vf = self.so.compiled_pop.variance[obs][0]
+                    cols = [OBS[self.rec_row][sel, m] for m in range(self.n_obs)]
+                    frozen[sel] = np.broadcast_to(
+                        np.asarray(Vf(F0[sel], cols, ctx.sigma[obs]), dtype=float), F0[sel].shape
+                    )
+        eta = np.where(np.isfinite(eta0), eta0, 0.0).astype(float).copy()
+        F, V, g, h, failed = self._predict(ctx, eta, everyone, frozen)
+        if k == 0:
+            max_iter = 0
+        q, grad, info = self._q_terms(ctx, eta, F, V, g, h)
+        retry = failed & np.any(eta != 0, axis=1)  # a failed warm start: from eta = 0
+        if retry.any():
+            idx = np.flatnonzero(retry)
+            eta[idx] = 0.0
+            F2, V2, g2, h2, failed2 = self._predict(ctx, eta, idx, frozen)
+            q2, grad2, info2 = self._q_terms(ctx, eta, F2, V2, g2, h2)
+            q[idx], grad[idx], info[idx] = q2[idx], grad2[idx], info2[idx]
+            failed[idx] = failed2[idx]
+        failed |= ~np.isfinite(q)
+        for i in np.flatnonzero(failed):
+            fail_msg[i] = (
+                f"model '{self.pop.model.name}': subject {self.subjects[i].id}: "
+                "simulation failed or non-finite objective at the start"
+            )
+        done = failed.copy()
+        iterations = np.zeros(n, dtype=int)
+        for _ in range(max_iter):
+            act = np.flatnonzero(~done)
+            if not act.size:
+                break
+            try:
+                step = -np.linalg.solve(info[act], grad[act][:, :, None])[:, :, 0]
+            except np.linalg.LinAlgError:
+                step = np.stack([np.linalg.lstsq(info[i], -grad[i], rcond=None)[0] for i in act])
+            slope = np.einsum("se,se->s", grad[act], step)
+            conv = ~(-slope >= tol)  # also NaN
+            done[act[conv]] = True
+            act, step, slope = act[~conv], step[~conv], slope[~conv]
+            iterations[act] += 1
+            lam = np.ones(len(act))
+            pending = np.ones(len(act), dtype=bool)
+            for _ in range(40):
+                if not pending.any():
+                    break
+                who = act[pending]
+                trial = eta.copy()
+                trial[who] = eta[who] + lam[pending, None] * step[pending]
+                Ft, Vt, gt, ht, ft = self._predict(ctx, trial, who, frozen)
+                qt, gradt, infot = self._q_terms(ctx, trial, Ft, Vt, gt, ht)
+                ok = (
+                    ~ft[who]
+                    & np.isfinite(qt[who])
+                    & (
+                        qt[who]
+                        <= q[who] + 1e-4 * lam[pending] * slope[pending] + 1e-12 * np.abs(q[who])
+                    )
+                )
+                acc = who[ok]
+                eta[acc], q[acc], grad[acc], info[acc] = (
+                    trial[acc],
+                    qt[acc],
+                    gradt[acc],
+                    infot[acc],
+                )
+                pos = np.flatnonzero(pending)
+                pending[pos[ok]] = False
+                lam[pending] *= 0.5
+                small = pending & (lam < 1e-8)
+                done[act[small]] = True  # no decrease possible: at rounding level
+                pending &= ~small
+        results = []
+        logdet_omega = ctx.omega_logdet
+        for i in range(n):
+            if failed[i]:
+                results.append(SubjectResult(eta[i], self.so.penalty, np.eye(k), 0, fail_msg[i]))
+                continue
+            try:
+                logdet = _logdet_pd(info[i] / 2)
+            except np.linalg.LinAlgError:
+                results.append(
+                    SubjectResult(
+                        eta[i],
+                        self.so.penalty,
+                        np.eye(k),
+                        0,
+                        f"subject {self.subjects[i].id}: the information "
+                        "matrix is not positive definite",
+                    )
+                )
+                continue
+            results.append(
+                SubjectResult(
+                    eta[i].copy(),
+                    float(q[i] + logdet_omega + logdet),
+                    info[i] / 2,
+                    int(iterations[i]),
+                )
+            )
+        return results

@@ -140,6 +140,8 @@ class Compiled:
     d_individual: object = field(repr=False)  # (theta, eta, cov) -> (n_varying, n_eta)
     varying: tuple[str, ...]  # model parameters that depend on eta
     variance: dict = field(repr=False)  # observable -> (V, dV/dF, dV/dobs, dV/dsigma)
+    individual_vec: object = field(default=None, repr=False)  # the same, arrays of subjects
+    d_individual_vec: object = field(default=None, repr=False)
 
 
 class PopulationModel:
@@ -496,8 +498,31 @@ class PopulationModel:
                 sp.lambdify(vargs, [sp.diff(V, o) for o in others], modules="numpy"),
                 sp.lambdify(vargs, [sp.diff(V, s) for s in sig] or [0], modules="numpy"),
             )
-        self._compiled = Compiled(individual, d_individual, varying, variance)
+        individual_vec = sp.lambdify(args, full, modules="numpy", cse=True)
+        d_individual_vec = sp.lambdify(args, jac or [[]], modules="numpy", cse=True)
+        self._compiled = Compiled(
+            individual, d_individual, varying, variance, individual_vec, d_individual_vec
+        )
         return self._compiled
+
+    def individual_matrix(
+        self, theta: np.ndarray, eta: np.ndarray, covariates: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Parameters (n, n_parameters) and ``dP/deta`` of the varying ones
+        (n, n_varying, n_eta) of ``n`` subjects at once (rows of ``eta``, ``covariates``)."""
+        c = self.compile()
+        n = eta.shape[0]
+        args = (list(theta), list(eta.T), list(covariates.T))
+        values = c.individual_vec(*args)
+        P = np.column_stack([np.broadcast_to(np.asarray(v, dtype=float), (n,)) for v in values])
+        k = len(c.varying)
+        D = np.zeros((n, k, len(self.etas)))
+        if k:
+            rows = c.d_individual_vec(*args)
+            for i in range(k):
+                for j in range(len(self.etas)):
+                    D[:, i, j] = np.broadcast_to(np.asarray(rows[i][j], dtype=float), (n,))
+        return P, D
 
     def individual_parameters(
         self, eta: np.ndarray, covariates: np.ndarray, theta: np.ndarray | None = None
