@@ -15,6 +15,7 @@ def build() -> Model:
     m = ModelBuilder(
         "pk_1cmt_iv",
         description="One-compartment PK, IV bolus, linear elimination (ADVAN1 TRANS2)",
+        time_unit="h",
         reference="Textbook model; e.g. Gabrielsson & Weiner, Pharmacokinetic and "
         "Pharmacodynamic Data Analysis, 5th ed., 2016, ch. 2",
     )

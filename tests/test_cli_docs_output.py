@@ -24,7 +24,7 @@ def load_script(relative: str):
     return module
 
 
-@pytest.mark.parametrize("name", ["stein2019", "kirouac2023", "sle_cart"])
+@pytest.mark.parametrize("name", ["stein2019", "kirouac2023", "sle_cart", "pk_1cmt_iv"])
 def test_committed_model_pages_are_up_to_date(name):
     generate = load_script("docs/generate.py")
     assert (DOCS / f"{name}.md").read_text() == generate.page(name), "run docs/generate.py"
@@ -154,3 +154,23 @@ def test_readme_example_runs(monkeypatch):
     exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102
     assert namespace["result"].ofv < 1e4
     assert namespace["data"].synthetic
+
+
+def test_readme_population_example_reaches_nonmems_objective(monkeypatch):
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(
+        r"proportional error\), which ends at NONMEM's OFV 586.276:\n\n```python\n"
+        r"(.*?)```",
+        readme,
+        re.S,
+    ).group(1)
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    namespace: dict = {"pk": pk}
+    exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102
+    fit = namespace["fit"]
+    assert fit.ofv == pytest.approx(586.27605628, abs=0.05)  # NONMEM 7.4.2 pheno_real.ext
+    assert fit.parameters.set_index("name").loc["APGR_on_V", "estimate"] == pytest.approx(
+        0.15892, rel=1e-2
+    )

@@ -109,13 +109,24 @@ def linear(
 
 def categorical(
     covariate: str,
-    condition: sp.Basic | float,
+    condition: sp.Basic | str | float,
     effect: float = 0.0,
     fixed: bool = False,
     name: str = "",
 ) -> CovariateEffect:
-    """``1 + theta * [condition]``: ``categorical("APGR", APGR < 5)`` or a level,
-    ``categorical("SEX", 1)`` for ``[SEX == 1]``."""
+    """``1 + theta * [condition]``: ``categorical("APGR", "APGR < 5")`` (text or a sympy
+    relation) or a level, ``categorical("SEX", 1)`` for ``[SEX == 1]``."""
+    if isinstance(condition, str):
+        try:
+            condition = sp.sympify(condition, locals={covariate: sp.Symbol(covariate, real=True)})
+        except (sp.SympifyError, TypeError, SyntaxError):
+            raise ModelDefinitionError(
+                f"categorical effect of {covariate}: cannot read condition {condition!r}"
+            ) from None
+        if not isinstance(condition, sp.core.relational.Relational):
+            raise ModelDefinitionError(
+                f"categorical effect of {covariate}: {condition} is not a comparison"
+            )
     if isinstance(condition, sp.Basic):
         return CovariateEffect("categorical", covariate, 0.0, float(effect), fixed, condition, name)
     return CovariateEffect(
