@@ -506,7 +506,10 @@ def _convert(dataset: Dataset, model: Model) -> Dataset:
                     f"{', '.join(accepted_units('cells/uL'))})",
                 )
             cd3[(r.ID, r.TIME)] = r.DV * factor
-    for idx, row in zip(f.index, f.itertuples()):
+    factors = np.ones(len(f))
+    units = f["UNIT"].to_numpy(dtype=object).copy()
+    known: dict[tuple[str, str], float | None] = {}  # (unit, target) -> factor
+    for k, row in enumerate(f.itertuples()):
         if row.EVID != 0:
             continue
         target = model.observables[row.DVID].unit if row.DVID in model.observables else "cells/uL"
@@ -523,7 +526,9 @@ def _convert(dataset: Dataset, model: Model) -> Dataset:
                 )
             factor = count / 100.0
         else:
-            factor = conversion_factor(unit, target)
+            if (unit, target) not in known:
+                known[(unit, target)] = conversion_factor(unit, target)
+            factor = known[(unit, target)]
             if factor is None:
                 raise _fail(
                     src,
@@ -532,7 +537,10 @@ def _convert(dataset: Dataset, model: Model) -> Dataset:
                     f"unknown unit {unit!r} for {row.DVID} "
                     f"(model unit {target}; accepted: {', '.join(accepted_units(target))})",
                 )
-        f.loc[idx, "DV"] = row.DV * factor
-        f.loc[idx, "LIMIT"] = row.LIMIT * factor
-        f.loc[idx, "UNIT"] = target
+        factors[k] = factor
+        units[k] = target
+    observed = (f["EVID"] == 0).to_numpy()
+    f.loc[observed, "DV"] = f.loc[observed, "DV"].to_numpy() * factors[observed]
+    f.loc[observed, "LIMIT"] = f.loc[observed, "LIMIT"].to_numpy() * factors[observed]
+    f["UNIT"] = units
     return replace(dataset, frame=f, converted_to=model.name)

@@ -213,8 +213,11 @@ def subjects_from_dataset(pop: PopulationModel, dataset: Dataset) -> list[Subjec
         )
     obs_names = list(model.observables)
     subjects = []
+    doses_by_subject = dict(tuple(dataset.doses().groupby("ID", sort=False)))
+    rows_by_subject = dict(tuple(frame.groupby("ID", sort=False)))
+    obs_by_subject = dict(tuple(obs.groupby("ID", sort=False)))
     for sid in dataset.subjects:
-        rows = frame[frame["ID"] == sid]
+        rows = rows_by_subject[sid]
         covs = []
         for c in pop.covariates:
             values = rows[c].to_numpy(dtype=float)
@@ -232,8 +235,8 @@ def subjects_from_dataset(pop: PopulationModel, dataset: Dataset) -> list[Subjec
                     "be constant within a subject"
                 )
             covs.append(float(finite[0]))
-        rec = obs[obs["ID"] == sid]
-        if rec.empty:
+        rec = obs_by_subject.get(sid)
+        if rec is None or rec.empty:
             continue
         times = np.unique(rec["TIME"].to_numpy(dtype=float))
         o_index = np.array([obs_names.index(d) for d in rec["DVID"]])
@@ -252,7 +255,7 @@ def subjects_from_dataset(pop: PopulationModel, dataset: Dataset) -> list[Subjec
         lim = np.where(logn & cens, np.log(np.where(lim > 0, lim, 1.0)), lim)
         doses = [
             Dose(float(r.TIME), float(r.AMT), str(r.CMT))
-            for r in dataset.doses().query("ID == @sid").itertuples()
+            for r in doses_by_subject.get(sid, dataset.doses().iloc[:0]).itertuples()
         ]
         subjects.append(
             SubjectData(
