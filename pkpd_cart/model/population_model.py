@@ -325,13 +325,17 @@ class PopulationModel:
         fixed: bool,
         transform,
     ) -> None:
+        if parameter not in self.model.parameters:
+            raise ModelDefinitionError(
+                f"{self._where()}: model '{self.model.name}' has no parameter '{parameter}'"
+            )
         tv = self.theta(
             f"tv_{parameter}",
             typical,
             lower,
             upper,
             fixed,
-            self.model.parameters[parameter].unit if parameter in self.model.parameters else "",
+            self.model.parameters[parameter].unit,
         )
         eta = self.eta(f"eta_{parameter}", omega) if omega is not None else sp.Integer(0)
         factor = sp.Integer(1)
@@ -355,10 +359,6 @@ class PopulationModel:
     ) -> None:
         """``P = tv_P * covariate factors * exp(eta_P)``; ``omega`` is the variance of
         ``eta_P`` (None: no random effect)."""
-        if parameter not in self.model.parameters:
-            raise ModelDefinitionError(
-                f"{self._where()}: model '{self.model.name}' has no parameter '{parameter}'"
-            )
         self._shorthand(
             parameter,
             typical,
@@ -379,10 +379,6 @@ class PopulationModel:
         fixed: bool = False,
     ) -> None:
         """``P = tv_P * covariate factors + eta_P``."""
-        if parameter not in self.model.parameters:
-            raise ModelDefinitionError(
-                f"{self._where()}: model '{self.model.name}' has no parameter '{parameter}'"
-            )
         self._shorthand(
             parameter,
             typical,
@@ -398,10 +394,6 @@ class PopulationModel:
         self, parameter: str, typical: float, omega: float | None = None, fixed: bool = False
     ) -> None:
         """A fraction in (0, 1): ``P = 1 / (1 + exp(-(logit(tv_P) + eta_P)))``."""
-        if parameter not in self.model.parameters:
-            raise ModelDefinitionError(
-                f"{self._where()}: model '{self.model.name}' has no parameter '{parameter}'"
-            )
         if not 0 < typical < 1:
             raise ModelDefinitionError(
                 f"{self._where()}: logit-normal '{parameter}' typical value {typical:g} is "

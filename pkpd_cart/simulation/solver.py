@@ -100,6 +100,31 @@ class SolverOptions:
             raise InputError("SolverOptions: max_steps must be >= 1 and max_step >= 0")
 
 
+def _bdf_failure(compiled: CompiledModel, status: int) -> str:
+    """The message of a failure status of the generated ``bdf_segment``."""
+    code = next((k for k in _BDF_FAILURES if getattr(compiled, k) == status), None)
+    return _BDF_FAILURES.get(code, f"BDF status {status}")
+
+
+def _bdf_segment(compiled: CompiledModel, options: SolverOptions, y0, t0: float, grid, p, sw, pidx):
+    """One call of the generated, compiled BDF integrator: ``(Y, status, t_reached)``."""
+    o = options
+    Y, status, reached, _ = compiled.bdf_segment(
+        y0,
+        float(t0),
+        grid,
+        p,
+        sw,
+        pidx,
+        o.rtol,
+        o.atol,
+        o.sensitivity_error_control,
+        o.max_steps,
+        o.max_step or math.inf,
+    )
+    return Y, status, reached
+
+
 @dataclass(frozen=True)
 class Trajectory:
     """A simulation's numbers.
@@ -261,23 +286,11 @@ class _Integrator:
 
     def _bdf(self, y0: np.ndarray, grid: np.ndarray, sw: np.ndarray) -> np.ndarray:
         """One call of the generated, compiled BDF integrator."""
-        o = self.options
-        Y, status, reached, _ = self.c.bdf_segment(
-            y0,
-            float(grid[0]),
-            grid,
-            self.p,
-            sw,
-            self.pidx,
-            o.rtol,
-            o.atol,
-            o.sensitivity_error_control,
-            o.max_steps,
-            o.max_step or math.inf,
+        Y, status, reached = _bdf_segment(
+            self.c, self.options, y0, grid[0], grid, self.p, sw, self.pidx
         )
         if status:
-            code = next(k for k in _BDF_FAILURES if getattr(self.c, k) == status)
-            raise self.fail(float(reached), _BDF_FAILURES[code])
+            raise self.fail(float(reached), _bdf_failure(self.c, status))
         return Y
 
     def atol(self, size: int) -> float | np.ndarray:
@@ -583,7 +596,7 @@ class RepeatedRun:
 
     def run(self, p: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """``(observables (nt, no), observable sensitivities (nt, no, nsens) or None)``."""
-        c, o, n, ns = self.c, self.options, self.n, self.n_sens
+        c, n, ns = self.c, self.n, self.n_sens
         y = np.empty(n * (1 + ns))
         y[:n] = c.initial(p)
         if ns:
@@ -595,26 +608,15 @@ class RepeatedRun:
         with np.errstate(all="ignore"):
             for current, b, grid, lo, hi in self.segments:
                 if b > current:
-                    Y, status, reached, _ = c.bdf_segment(
-                        y,
-                        current,
-                        grid,
-                        p,
-                        self.sw,
-                        self.pidx,
-                        o.rtol,
-                        o.atol,
-                        o.sensitivity_error_control,
-                        o.max_steps,
-                        o.max_step or math.inf,
+                    Y, status, reached = _bdf_segment(
+                        c, self.options, y, current, grid, p, self.sw, self.pidx
                     )
                     if status:
-                        code = next(k for k in _BDF_FAILURES if getattr(c, k) == status)
                         raise SimulationError(
                             self.model.name,
                             float(reached),
                             dict(zip(self.model.parameters, p)),
-                            _BDF_FAILURES[code],
+                            _bdf_failure(c, status),
                         )
                     out[lo:hi] = Y[1 : 1 + hi - lo]
                     y = Y[-1].copy()
@@ -742,5 +744,4 @@ class BatchRun:
         return OBS, (SENS if self.n_sens else None), status
 
     def failure(self, status: int) -> str:
-        code = next((k for k in _BDF_FAILURES if getattr(self.c, k) == status), None)
-        return _BDF_FAILURES.get(code, f"BDF status {status}")
+        return _bdf_failure(self.c, status)
