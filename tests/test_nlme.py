@@ -405,3 +405,17 @@ def test_block_omega_is_estimated_and_nests_the_diagonal_model():
     assert np.isfinite(p.loc["OMEGA(eta_V,eta_CL)", "se"])
     w = block.population.omega
     assert np.all(np.linalg.eigvalsh(w) > 0)
+
+
+def test_the_objective_pickles_for_a_cluster_and_evaluates_the_same():
+    import pickle
+
+    from pkpd_cart.estimation.population_fit import PopulationObjective, subjects_from_dataset
+
+    pop = pheno_population(True)
+    subjects = subjects_from_dataset(pop, pheno_data())
+    objective = PopulationObjective(pop, subjects, "FOCEI", pk.SolverOptions())
+    x = objective.layout.natural()
+    copy = pickle.loads(pickle.dumps(objective))
+    assert copy.evaluate(x)[0] == objective.evaluate(x)[0]
+    assert objective.evaluate(x)[0] == pytest.approx(587.36644134661617, abs=1e-4)  # .ext it 0

@@ -116,6 +116,18 @@ class SubjectObjective:
         self.inner_tolerance = 1e-12
         self._runs: dict = {}  # (subject id, with sensitivities) -> RepeatedRun
 
+    def __getstate__(self) -> dict:  # numeric functions are rebuilt where unpickled
+        state = dict(self.__dict__)
+        for key in ("compiled_pop", "compiled", "_runs"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.compiled_pop = self.population.compile()
+        self.compiled = self.model.compile()
+        self._runs = {}
+
     # -- predictions -----------------------------------------------------------------
     def predict(
         self,

@@ -25,6 +25,7 @@ step falls back to ``S`` and says so.
 from __future__ import annotations
 
 import math
+import multiprocessing as mp
 import time
 import warnings
 from collections.abc import Sequence
@@ -301,6 +302,7 @@ class PopulationObjective:
         self.n_evaluations = 0
         self.failures = 0
         self.failure_messages: list[str] = []
+        self._pool: _ForkedPool | None = None
 
     def context(self, x: np.ndarray) -> Context:
         theta, omega, sig = self.layout.parts(x)
@@ -351,11 +353,71 @@ class PopulationObjective:
 
     def evaluate_many(self, points: Sequence[np.ndarray], etas: np.ndarray) -> list:
         """Per-subject OBJ arrays and EBEs at several points (through the executor)."""
-        from pkpd_cart.simulation.executor import get_executor
+        from pkpd_cart.simulation.executor import LocalExecutor, get_executor
 
         ex = get_executor(self.executor)
-        tasks = [(self, x, etas) for x in points]
-        return ex.map(_evaluate_task, tasks)
+        tol = self.subject_objective.inner_tolerance
+        if isinstance(ex, LocalExecutor) and "fork" in mp.get_all_start_methods():
+            if self._pool is None:
+                self._pool = _ForkedPool(self, ex.workers)
+            out = self._pool.map([(x, etas, tol) for x in points])
+        else:
+            out = ex.map(_evaluate_task, [(self, x, etas) for x in points])
+        if ex.workers > 1:  # evaluations in other processes are not counted there
+            self.n_evaluations += len(points)
+        return out
+
+    def close(self) -> None:
+        """Stop the worker processes of this fit, if any."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def __getstate__(self) -> dict:  # for Dask: compiled pieces are rebuilt on arrival
+        state = dict(self.__dict__)
+        state.pop("_batch", None)
+        state["_pool"] = None
+        return state
+
+
+_WORKER_OBJECTIVE: PopulationObjective | None = None  # inherited by forked workers
+
+
+def _forked_task(task):
+    x, etas, tol = task
+    objective = _WORKER_OBJECTIVE
+    objective.subject_objective.inner_tolerance = tol
+    return _evaluate_task((objective, x, etas))
+
+
+def _worker_start() -> None:
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1)  # the workers already use the cores
+
+
+class _ForkedPool:
+    """Worker processes forked once per fit. Each inherits the objective (compiled model,
+    packed records), so a task carries only a point, the warm-start EBEs and the inner
+    tolerance. (The package's LocalExecutor forks a new pool per map, which costs more
+    than a gradient of a small model: pheno and ACOP took as long on 2 processes as on 1.)
+    """
+
+    def __init__(self, objective: PopulationObjective, workers: int):
+        from concurrent.futures import ProcessPoolExecutor
+
+        global _WORKER_OBJECTIVE
+        _WORKER_OBJECTIVE = objective
+        objective.batch()  # built before the fork, shared by the workers
+        self.pool = ProcessPoolExecutor(
+            workers, mp_context=mp.get_context("fork"), initializer=_worker_start
+        )
+
+    def map(self, tasks: list) -> list:
+        return list(self.pool.map(_forked_task, tasks))
+
+    def close(self) -> None:
+        self.pool.shutdown()
 
 
 def _evaluate_task(task):
@@ -579,86 +641,89 @@ def fit_population(
     if method == "FO" and any(s.censored.any() for s in subjects):
         raise FitError("records below the LLOQ (M3) need method FOCEI, FOCE or LAPLACE, not FO")
     objective = PopulationObjective(population, subjects, method, options, executor)
-    layout = objective.layout
-    x0 = layout.natural()
-    timings = {}
-    t0 = time.perf_counter()
+    try:
+        layout = objective.layout
+        x0 = layout.natural()
+        timings = {}
+        t0 = time.perf_counter()
 
-    u0 = layout.to_u(x0)
+        u0 = layout.to_u(x0)
 
-    def ofv_at(u: np.ndarray) -> float:
-        """OFV at u; the EBEs found become the next warm start."""
-        total, results = objective.evaluate(layout.from_u(u, x0))
-        if not results or not math.isfinite(total):
-            return math.inf
+        def ofv_at(u: np.ndarray) -> float:
+            """OFV at u; the EBEs found become the next warm start."""
+            total, results = objective.evaluate(layout.from_u(u, x0))
+            if not results or not math.isfinite(total):
+                return math.inf
+            objective.etas = np.array([r.eta for r in results])
+            return total
+
+        def gradient_at(u: np.ndarray, with_curvature: bool = False):
+            """Central differences of the OFV in u (EBEs re-optimised from the current ones);
+            with the centre point, also the diagonal second differences."""
+            steps = 1e-4 * np.maximum(1.0, np.abs(u))
+            points = [layout.from_u(u, x0)] if with_curvature else []
+            for k in range(len(u)):
+                for sign in (1, -1):
+                    du = u.copy()
+                    du[k] += sign * steps[k]
+                    points.append(layout.from_u(du, x0))
+            totals = np.array([o[0].sum() for o in objective.evaluate_many(points, objective.etas)])
+            off = 1 if with_curvature else 0
+            g = (totals[off::2][: len(u)] - totals[off + 1 :: 2][: len(u)]) / (2 * steps)
+            if not with_curvature:
+                return g, None
+            curvature = (totals[1::2] - 2 * totals[0] + totals[2::2]) / steps**2
+            return g, curvature
+
+        message = "evaluated at the initial estimates (max_iterations=0)"
+        success = True
+        n_iter = 0
+        x_hat = x0
+        if max_iterations > 0 and len(u0):
+            u_hat, n_iter, success, message = quasi_newton(
+                ofv_at, gradient_at, u0, max_iterations, ofv_tolerance
+            )
+            x_hat = layout.from_u(u_hat, x0)
+        timings["estimation"] = time.perf_counter() - t0
+
+        # final conditional estimates at x_hat
+        total, results = objective.evaluate(x_hat)
+        if not results:
+            raise FitError("the final estimates give a non-positive-definite Omega")
         objective.etas = np.array([r.eta for r in results])
-        return total
 
-    def gradient_at(u: np.ndarray, with_curvature: bool = False):
-        """Central differences of the OFV in u (EBEs re-optimised from the current ones);
-        with the centre point, also the diagonal second differences."""
-        steps = 1e-4 * np.maximum(1.0, np.abs(u))
-        points = [layout.from_u(u, x0)] if with_curvature else []
-        for k in range(len(u)):
-            for sign in (1, -1):
-                du = u.copy()
-                du[k] += sign * steps[k]
-                points.append(layout.from_u(du, x0))
-        totals = np.array([o[0].sum() for o in objective.evaluate_many(points, objective.etas)])
-        off = 1 if with_curvature else 0
-        g = (totals[off::2][: len(u)] - totals[off + 1 :: 2][: len(u)]) / (2 * steps)
-        if not with_curvature:
-            return g, None
-        curvature = (totals[1::2] - 2 * totals[0] + totals[2::2]) / steps**2
-        return g, curvature
+        fit_warnings = []
+        if objective.failures:
+            fit_warnings.append(
+                f"{objective.failures} subject evaluations failed and were penalised; first: "
+                f"{objective.failure_messages[0] if objective.failure_messages else ''}"
+            )
+        if not success:
+            fit_warnings.append(f"the outer optimiser did not report success: {message}")
 
-    message = "evaluated at the initial estimates (max_iterations=0)"
-    success = True
-    n_iter = 0
-    x_hat = x0
-    if max_iterations > 0 and len(u0):
-        u_hat, n_iter, success, message = quasi_newton(
-            ofv_at, gradient_at, u0, max_iterations, ofv_tolerance
-        )
-        x_hat = layout.from_u(u_hat, x0)
-    timings["estimation"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        cov, R, S, cov_used = None, None, None, None
+        if covariance is not None and layout.free and max_iterations > 0:
+            cov, R, S, cov_used, cov_warn = covariance_step(objective, x_hat, covariance)
+            fit_warnings += cov_warn
+        timings["covariance"] = time.perf_counter() - t1
 
-    # final conditional estimates at x_hat
-    total, results = objective.evaluate(x_hat)
-    if not results:
-        raise FitError("the final estimates give a non-positive-definite Omega")
-    objective.etas = np.array([r.eta for r in results])
-
-    fit_warnings = []
-    if objective.failures:
-        fit_warnings.append(
-            f"{objective.failures} subject evaluations failed and were penalised; first: "
-            f"{objective.failure_messages[0] if objective.failure_messages else ''}"
-        )
-    if not success:
-        fit_warnings.append(f"the outer optimiser did not report success: {message}")
-
-    t1 = time.perf_counter()
-    cov, R, S, cov_used = None, None, None, None
-    if covariance is not None and layout.free and max_iterations > 0:
-        cov, R, S, cov_used, cov_warn = covariance_step(objective, x_hat, covariance)
-        fit_warnings += cov_warn
-    timings["covariance"] = time.perf_counter() - t1
-
-    result = _assemble(objective, x_hat, total, results, cov, R, S, cov_used, method)
-    result.success = success
-    result.message = message
-    result.n_iterations = n_iter
-    result.n_evaluations = objective.n_evaluations
-    result.n_failures = objective.failures
-    result.failure_messages = list(objective.failure_messages)
-    result.warnings = fit_warnings
-    result.timings = timings
-    result.params = _lmfit_parameters(result.parameters, objective.layout)
-    result.synthetic = bool(getattr(data, "synthetic", False))
-    for w in fit_warnings:
-        warnings.warn(w, PkpdCartWarning, stacklevel=2)
-    return result
+        result = _assemble(objective, x_hat, total, results, cov, R, S, cov_used, method)
+        result.success = success
+        result.message = message
+        result.n_iterations = n_iter
+        result.n_evaluations = objective.n_evaluations
+        result.n_failures = objective.failures
+        result.failure_messages = list(objective.failure_messages)
+        result.warnings = fit_warnings
+        result.timings = timings
+        result.params = _lmfit_parameters(result.parameters, objective.layout)
+        result.synthetic = bool(getattr(data, "synthetic", False))
+        for w in fit_warnings:
+            warnings.warn(w, PkpdCartWarning, stacklevel=3)
+        return result
+    finally:
+        objective.close()  # worker processes of this fit, if any
 
 
 def covariance_step(objective: PopulationObjective, x: np.ndarray, method: str):

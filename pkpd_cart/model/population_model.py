@@ -180,6 +180,11 @@ class PopulationModel:
         self.residuals: dict[str, Residual] = {}
         self._compiled: Compiled | None = None
 
+    def __getstate__(self) -> dict:  # lambdified functions do not pickle: rebuilt on use
+        state = dict(self.__dict__)
+        state["_compiled"] = None
+        return state
+
     # -- writing ---------------------------------------------------------------------
     def _where(self) -> str:
         return f"population model '{self.name}'"
