@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import lmfit  # noqa: F401 - imported before timing: a one-off 1-2 s that fits pay once
 import numpy as np
 import sympy as sp
 

@@ -351,21 +351,34 @@ class PopulationObjective:
             self._batch = BatchConditional(so, self.subjects) if ok else None
         return self._batch
 
-    def evaluate_many(self, points: Sequence[np.ndarray], etas: np.ndarray) -> list:
-        """Per-subject OBJ arrays and EBEs at several points (through the executor)."""
+    def evaluate_many(self, points: Sequence[np.ndarray], etas) -> list:
+        """Per-subject OBJ arrays and EBEs at several points (through the executor);
+        ``etas``: the warm start of all points, or a list with one per point."""
         from pkpd_cart.simulation.executor import LocalExecutor, get_executor
 
         ex = get_executor(self.executor)
         tol = self.subject_objective.inner_tolerance
+        starts = etas if isinstance(etas, list) else [etas] * len(points)
         if isinstance(ex, LocalExecutor) and "fork" in mp.get_all_start_methods():
             if self._pool is None:
                 self._pool = _ForkedPool(self, ex.workers)
-            out = self._pool.map([(x, etas, tol) for x in points])
+            out = self._pool.map([(x, e, tol) for x, e in zip(points, starts)])
         else:
-            out = ex.map(_evaluate_task, [(self, x, etas) for x in points])
+            out = ex.map(_evaluate_task, [(self, x, e) for x, e in zip(points, starts)])
         if ex.workers > 1:  # evaluations in other processes are not counted there
             self.n_evaluations += len(points)
         return out
+
+    def evaluate_pairs(
+        self, plus: Sequence[np.ndarray], minus: Sequence[np.ndarray], etas: np.ndarray
+    ) -> tuple[list, list]:
+        """Points symmetric about the current one: the ``plus`` points first, then each
+        ``minus`` point warm-started from ``2 eta - eta(plus)``, which is off its EBEs by
+        O(h^2) only (measured on ACOP: 10 -> 7 simulations per subject and gradient
+        direction)."""
+        up = self.evaluate_many(plus, etas)
+        down = self.evaluate_many(minus, [2 * etas - e for _, e in up])
+        return up, down
 
     def close(self) -> None:
         """Stop the worker processes of this fit, if any."""
@@ -661,19 +674,21 @@ def fit_population(
             """Central differences of the OFV in u (EBEs re-optimised from the current ones);
             with the centre point, also the diagonal second differences."""
             steps = 1e-4 * np.maximum(1.0, np.abs(u))
-            points = [layout.from_u(u, x0)] if with_curvature else []
+            plus, minus = [], []
             for k in range(len(u)):
-                for sign in (1, -1):
-                    du = u.copy()
-                    du[k] += sign * steps[k]
-                    points.append(layout.from_u(du, x0))
-            totals = np.array([o[0].sum() for o in objective.evaluate_many(points, objective.etas)])
-            off = 1 if with_curvature else 0
-            g = (totals[off::2][: len(u)] - totals[off + 1 :: 2][: len(u)]) / (2 * steps)
+                du = u.copy()
+                du[k] += steps[k]
+                plus.append(layout.from_u(du, x0))
+                du[k] -= 2 * steps[k]
+                minus.append(layout.from_u(du, x0))
+            up, down = objective.evaluate_pairs(plus, minus, objective.etas)
+            f_plus = np.array([o[0].sum() for o in up])
+            f_minus = np.array([o[0].sum() for o in down])
+            g = (f_plus - f_minus) / (2 * steps)
             if not with_curvature:
                 return g, None
-            curvature = (totals[1::2] - 2 * totals[0] + totals[2::2]) / steps**2
-            return g, curvature
+            f0 = ofv_at(u)
+            return g, (f_plus - 2 * f0 + f_minus) / steps**2
 
         message = "evaluated at the initial estimates (max_iterations=0)"
         success = True
@@ -740,34 +755,31 @@ def covariance_step(objective: PopulationObjective, x: np.ndarray, method: str):
             z[free[k]] += s * h[k]
         return z
 
-    points = [shifted()]
-    for k in range(n):
-        points += [shifted((k, 1)), shifted((k, -1))]
     pairs = [(j, k) for j in range(n) for k in range(j)]
-    for j, k in pairs:  # diagonal moves; with the axis points they give R[j, k] to O(h^2)
-        points += [shifted((j, 1), (k, 1)), shifted((j, -1), (k, -1))]
+    plus = [shifted((k, 1)) for k in range(n)] + [shifted((j, 1), (k, 1)) for j, k in pairs]
+    minus = [shifted((k, -1)) for k in range(n)] + [shifted((j, -1), (k, -1)) for j, k in pairs]
     # Second differences of the OFV amplify any slack in the EBEs: converge them to
     # rounding (a Newton decrement of 1e-16; at 1e-12 the pheno SE of OMEGA(1,1) was 4%
     # off NONMEM's, at 1e-16 all six agree to 0.2%)
     so = objective.subject_objective
     saved, so.inner_tolerance = so.inner_tolerance, 1e-16
     try:
-        out = objective.evaluate_many(points, etas)
+        centre = objective.evaluate_many([shifted()], etas)[0][0]
+        up, down = objective.evaluate_pairs(plus, minus, etas)
     finally:
         so.inner_tolerance = saved
-    per = np.array([o[0] for o in out])  # (points, subjects)
-    tot = per.sum(axis=1)
-    f0 = tot[0]
-    plus, minus = per[1 : 2 * n + 1 : 2], per[2 : 2 * n + 2 : 2]
-    G = ((plus - minus) / (2 * h[:, None])).T  # (subjects, n)
+    per_plus = np.array([o[0] for o in up])  # (points, subjects)
+    per_minus = np.array([o[0] for o in down])
+    f0 = centre.sum()
+    t_plus, t_minus = per_plus.sum(axis=1), per_minus.sum(axis=1)
+    G = ((per_plus[:n] - per_minus[:n]) / (2 * h[:, None])).T  # (subjects, n)
     S = G.T @ G
     R = np.zeros((n, n))
     for k in range(n):
-        R[k, k] = (plus[k].sum() - 2 * f0 + minus[k].sum()) / h[k] ** 2
-    base = 2 * n + 1
-    for m, (j, k) in enumerate(pairs):
-        pp, mm = tot[base + 2 * m : base + 2 * m + 2]
-        axes = tot[1 + 2 * j] + tot[1 + 2 * k] + tot[2 + 2 * j] + tot[2 + 2 * k]
+        R[k, k] = (t_plus[k] - 2 * f0 + t_minus[k]) / h[k] ** 2
+    for m, (j, k) in enumerate(pairs):  # diagonal moves, with the axis points: O(h^2)
+        pp, mm = t_plus[n + m], t_minus[n + m]
+        axes = t_plus[j] + t_plus[k] + t_minus[j] + t_minus[k]
         R[j, k] = R[k, j] = (pp + mm - axes + 2 * f0) / (2 * h[j] * h[k])
     warn = []
     used = method
