@@ -419,3 +419,18 @@ def test_the_objective_pickles_for_a_cluster_and_evaluates_the_same():
     copy = pickle.loads(pickle.dumps(objective))
     assert copy.evaluate(x)[0] == objective.evaluate(x)[0]
     assert objective.evaluate(x)[0] == pytest.approx(587.36644134661617, abs=1e-4)  # .ext it 0
+
+
+def test_a_fit_on_a_dask_cluster_equals_the_serial_fit():
+    distributed = pytest.importorskip("dask.distributed")
+    pop, data = wang_population("prop"), wang_data()
+    serial = pk.fit_population(pop, data, covariance=None)
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        remote = pk.fit_population(pop, data, covariance=None, executor=client)
+    assert remote.ofv == serial.ofv
+    np.testing.assert_array_equal(remote.parameters["estimate"], serial.parameters["estimate"])

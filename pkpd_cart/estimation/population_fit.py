@@ -390,6 +390,7 @@ class PopulationObjective:
         state = dict(self.__dict__)
         state.pop("_batch", None)
         state["_pool"] = None
+        state["executor"] = None  # a worker evaluates its points itself
         return state
 
 
