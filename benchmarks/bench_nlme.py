@@ -38,7 +38,7 @@ def acop() -> tuple[PopulationModel, pk.Dataset]:
     pop.individual("CL", sp.exp(lcl + e1))
     pop.individual("V", sp.exp(lv + e2))
     pop.error("C", pk.ErrorModel.proportional(0.3))
-    return pop, pk.read_dataset(HERE / "data" / "acop_bolus_1cpt.csv")
+    return pop, pk.read_dataset(ROOT / "tests" / "data" / "nlme" / "acop_bolus_1cpt.csv")
 
 
 def pheno() -> tuple[PopulationModel, pk.Dataset]:

@@ -48,6 +48,7 @@ from pkpd_cart.model.population_model import PopulationModel
 from pkpd_cart.simulation.solver import Dose, RepeatedRun, SolverOptions
 
 COVARIANCE_METHODS = ("sandwich", "R", "S", None)
+COVARIANCE_INNER_TOLERANCE = 1e-16  # Newton decrement of the EBEs in the covariance step
 DEFAULT_OPTIONS = SolverOptions()  # rtol 1e-8, atol 1e-10 (see fit_population)
 
 
@@ -763,7 +764,7 @@ def covariance_step(objective: PopulationObjective, x: np.ndarray, method: str):
     # rounding (a Newton decrement of 1e-16; at 1e-12 the pheno SE of OMEGA(1,1) was 4%
     # off NONMEM's, at 1e-16 all six agree to 0.2%)
     so = objective.subject_objective
-    saved, so.inner_tolerance = so.inner_tolerance, 1e-16
+    saved, so.inner_tolerance = so.inner_tolerance, COVARIANCE_INNER_TOLERANCE
     try:
         centre = objective.evaluate_many([shifted()], etas)[0][0]
         up, down = objective.evaluate_pairs(plus, minus, etas)
