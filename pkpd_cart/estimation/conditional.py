@@ -548,12 +548,20 @@ class BatchConditional:
             )
         done = failed.copy()
         iterations = np.zeros(n, dtype=int)
+        # Newton matrix = information matrix + a symmetric rank-one (SR1) secant estimate
+        # of what it leaves out (the residual-weighted second derivatives), as in
+        # structured quasi-Newton methods (Dennis, Gay & Welsch 1981): the information
+        # matrix alone converges linearly; the objective still uses the information matrix
+        extra = np.zeros((n, k, k))
         for _ in range(max_iter):
             act = np.flatnonzero(~done)
             if not act.size:
                 break
+            M = info[act] + extra[act]
+            plain = np.linalg.eigvalsh(M)[:, 0] <= 0  # not positive definite: drop the secant
+            M[plain] = info[act][plain]
             try:
-                step = -np.linalg.solve(info[act], grad[act][:, :, None])[:, :, 0]
+                step = -np.linalg.solve(M, grad[act][:, :, None])[:, :, 0]
             except np.linalg.LinAlgError:
                 step = np.stack([np.linalg.lstsq(info[i], -grad[i], rcond=None)[0] for i in act])
             slope = np.einsum("se,se->s", grad[act], step)
@@ -580,6 +588,13 @@ class BatchConditional:
                     )
                 )
                 acc = who[ok]
+                s_vec = trial[acc] - eta[acc]
+                y_sharp = gradt[acc] - grad[acc] - np.einsum("sij,sj->si", infot[acc], s_vec)
+                r = y_sharp - np.einsum("sij,sj->si", extra[acc], s_vec)
+                rs = np.einsum("si,si->s", r, s_vec)
+                safe = np.abs(rs) > 1e-8 * np.linalg.norm(r, axis=1) * np.linalg.norm(s_vec, axis=1)
+                upd = acc[safe]
+                extra[upd] += np.einsum("si,sj->sij", r[safe], r[safe]) / rs[safe, None, None]
                 eta[acc], q[acc], grad[acc], info[acc] = (
                     trial[acc],
                     qt[acc],
