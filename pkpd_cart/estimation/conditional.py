@@ -26,7 +26,10 @@ LAPLACE for M3; use ``method="LAPLACE"`` for that exact treatment.
 
 The inner problem is solved by Newton steps with that information matrix (Fisher
 scoring: positive definite, no second-order sensitivities), a backtracking line search
-and a warm start from the previous outer iterate's EBEs.
+and a warm start from the previous outer iterate's EBEs. :class:`BatchConditional` (all
+subjects at once, the default path) adds a structured secant (SR1) estimate of the
+curvature the information matrix leaves out, which makes the iteration superlinear; both
+stop on the same Newton decrement, and the objective always uses the information matrix.
 """
 
 from __future__ import annotations
