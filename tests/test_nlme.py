@@ -280,6 +280,19 @@ def test_non_positive_definite_omega_is_refused():
     )
 
 
+def test_a_theta_that_no_parameter_uses_is_refused():
+    pop = PopulationModel(pk.load_model("pk_1cmt_iv"), name="p")
+    pop.log_normal("CL", 1.0, omega=0.1)
+    pop.theta("KA", 1.0, lower=0)
+    pop.error("C", pk.ErrorModel.proportional(0.1))
+    with pytest.raises(FitError) as err:
+        pk.fit_population(pop, wang_data())
+    assert str(err.value) == (
+        "population model 'p': theta(s) KA appear in no individual parameter (they could "
+        "not be estimated)"
+    )
+
+
 def test_misspelt_method_is_refused():
     with pytest.raises(FitError) as err:
         pk.fit_population(wang_population("prop"), wang_data(), method="FOCE-I")

@@ -469,6 +469,12 @@ class PopulationModel:
                 f"{self._where()}: random effect(s) {', '.join(unused)} appear in no "
                 "individual parameter"
             )
+        idle = [n for n, th in self.thetas.items() if n not in used and not th.fixed]
+        if idle:
+            raise ModelDefinitionError(
+                f"{self._where()}: theta(s) {', '.join(idle)} appear in no individual "
+                "parameter (they could not be estimated)"
+            )
         if len(self.etas) and not _positive_definite(self.omega):
             raise ModelDefinitionError(f"{self._where()}: initial Omega is not positive definite")
 
