@@ -177,18 +177,19 @@ def pheno_fit():  # two processes: the executor path is exercised too
 
 @pytest.mark.slow
 def test_pheno_focei_estimates_ofv_and_sandwich_se_match_nonmem(pheno_fit):
+    # measured: SEs within 0.11% of NONMEM's; asserted to 1%
     ext = read_ext("pheno_real.ext")
     final, se = ext[-1000000000], ext[-1000000001]
     p = pheno_fit.parameters.set_index("name")
     assert pheno_fit.ofv == pytest.approx(586.27605628, abs=0.05)
     for k in (1, 2, 3):
         assert p.loc[f"THETA{k}", "estimate"] == pytest.approx(final[f"THETA{k}"], rel=1e-3)
-        assert p.loc[f"THETA{k}", "se"] == pytest.approx(se[f"THETA{k}"], rel=0.05)
+        assert p.loc[f"THETA{k}", "se"] == pytest.approx(se[f"THETA{k}"], rel=0.01)
     for ours, theirs in [("OMEGA(ETA1)", "OMEGA(1,1)"), ("OMEGA(ETA2)", "OMEGA(2,2)")]:
         assert p.loc[ours, "estimate"] == pytest.approx(final[theirs], rel=1e-2)
-        assert p.loc[ours, "se"] == pytest.approx(se[theirs], rel=0.05)
+        assert p.loc[ours, "se"] == pytest.approx(se[theirs], rel=0.01)
     assert p.loc["SIGMA(C:prop)", "variance"] == pytest.approx(final["SIGMA(1,1)"], rel=1e-2)
-    assert p.loc["SIGMA(C:prop)", "se_variance"] == pytest.approx(se["SIGMA(1,1)"], rel=0.05)
+    assert p.loc["SIGMA(C:prop)", "se_variance"] == pytest.approx(se["SIGMA(1,1)"], rel=0.01)
     assert pheno_fit.covariance_method == "sandwich"
     assert pheno_fit.ofv_with_constant == pytest.approx(871.14700157, abs=0.05)
 
@@ -473,5 +474,5 @@ def test_acop_focei_matches_nonmem_runode001():
     for ours, theirs in pairs:
         # NONMEM stopped with 2 significant digits; nlmixr2 differs from it by 2e-3 too
         assert p.loc[ours, "estimate"] == pytest.approx(final[theirs], rel=5e-3)
-        assert p.loc[ours, "se"] == pytest.approx(se[theirs], rel=0.05)
+        assert p.loc[ours, "se"] == pytest.approx(se[theirs], rel=0.02)
     assert result.n_observations == 2276 and result.n_subjects == 120
