@@ -96,7 +96,7 @@ def fit_population(
     from pkpd_cart.errors import ModelDefinitionError
 
     try:
-        population.validate()
+        population.validate(for_estimation=True)
     except ModelDefinitionError as exc:
         raise FitError(str(exc)) from None
     options = options or DEFAULT_OPTIONS

@@ -456,9 +456,10 @@ class PopulationModel:
             for n in r.error_model.sigma_names
         }
 
-    def validate(self) -> None:
-        """Check the whole model; one-line :class:`ModelDefinitionError` on a problem."""
-        if not self.residuals:
+    def validate(self, for_estimation: bool = False) -> None:
+        """Check the whole model; one-line :class:`ModelDefinitionError` on a problem.
+        ``for_estimation``: also require residual error models (drawing patients does not)."""
+        if for_estimation and not self.residuals:
             raise ModelDefinitionError(f"{self._where()}: no residual error model (use error())")
         used = set()
         for expr in self.individual_expressions.values():
