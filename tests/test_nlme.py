@@ -479,9 +479,9 @@ def test_acop_focei_matches_nonmem_runode001():
 
 
 @pytest.mark.slow
-def test_a_model_with_a_switch_fits_through_the_per_subject_path():
-    """stein2019 switches at Tmax (a parameter): simulate() with sensitivity jumps, not the
-    batched path; SYNTHETIC data from a known population, log-normal error."""
+def test_a_model_with_a_parameter_dependent_switch_recovers_its_population():
+    """stein2019 switches at Tmax (a parameter), where the sensitivities jump; SYNTHETIC
+    data from a known population, log-normal error."""
     model = pk.load_model("stein2019")
     truth = PopulationModel(model)
     truth.log_normal("Cmax", 24000, omega=0.3)

@@ -90,3 +90,29 @@ def test_bad_inputs_are_clear(onecmt):
         pk.SolverOptions(method="euler")
     with pytest.raises(pk.InputError, match="Dose amount nan is not a finite number"):
         pk.Dose(0.0, float("nan"), "A")
+
+
+@pytest.mark.parametrize("name", ["stein2019", "sle_cart", "pk_1cmt_iv"])
+def test_batch_run_equals_simulate_through_doses_and_switches(name):
+    """BatchRun (all subjects in one compiled call, used by population fits) takes the same
+    steps as simulate(): doses, parameter-dependent switches and sensitivity jumps."""
+    from pkpd_cart.simulation.solver import BatchRun
+
+    model = pk.load_model(name)
+    if name == "sle_cart":
+        from pkpd_cart.models.sle_cart import mackensen_doses
+
+        doses = mackensen_doses(weight_kg=60)
+    else:
+        doses = [pk.Dose(0, 100, model.dose_targets[0])] if model.dose_targets else []
+    times = np.array([1.0, 4, 9.3, 10, 12, 14, 28, 90])
+    P = np.array([model.resolve_parameters(None) * f for f in (1.0, 1.05)])
+    wrt = list(model.parameters)[:3]
+    batch = BatchRun(model.compile(), [(times, doses), (times[2:], doses)], pk.SolverOptions(), wrt)
+    OBS, SENS, status = batch.run(P, np.array([0, 1]))
+    assert list(status) == [0, 0]
+    for s, (tt, pp) in enumerate(((times, P[0]), (times[2:], P[1]))):
+        traj = pk.simulate(model, tt, params=pp, doses=doses, sensitivities=wrt)
+        rows = slice(batch.row_ptr[s], batch.row_ptr[s + 1])
+        np.testing.assert_array_equal(OBS[rows], traj.observables)
+        np.testing.assert_array_equal(SENS[rows], traj.observable_sensitivities)

@@ -319,21 +319,15 @@ def bdf_batch(
     P,
     pidx,
     active,
-    seg_ptr,
-    seg_t0,
-    seg_t1,
-    grid_ptr,
-    grid,
-    seg_lo,
-    seg_hi,
-    start_dose_lo,
-    start_dose_hi,
-    seg_dose_lo,
-    seg_dose_hi,
+    start,
+    t_end,
+    ev_ptr,
+    ev_t,
+    ev_lo,
+    ev_hi,
     dose_state,
     dose_amount,
     out_ptr,
-    at_end,
     times,
     rtol,
     atol,
@@ -346,22 +340,29 @@ def bdf_batch(
 ):
     """Simulate several subjects (rows ``active`` of ``P``) in one call, for population fits.
 
-    Each subject has segments ``seg_ptr[s]:seg_ptr[s + 1]`` (from ``seg_t0`` to ``seg_t1``,
-    output grid ``grid[grid_ptr[g]:grid_ptr[g + 1]]`` whose inner points are the subject's
-    output rows ``seg_lo[g]:seg_hi[g]``), bolus doses at its start
-    (``start_dose_lo[s]:start_dose_hi[s]`` into ``dose_state``/``dose_amount``) and
-    after each segment (``seg_dose_lo[g]:seg_dose_hi[g]``); its outputs are the rows
-    ``out_ptr[s]:out_ptr[s + 1]`` of ``times``, ``OBS`` (observables) and ``OBS_SENS``
-    (their sensitivities to the parameters ``pidx``). ``status[s]`` gets the BDF status.
-    The same steps as ``bdf_segment`` called segment by segment; models without switches.
+    Subject ``s`` starts at ``start[s]`` and ends at ``t_end[s]``; its bolus-dose times are
+    ``ev_t[ev_ptr[s]:ev_ptr[s + 1]]`` (sorted, distinct), the doses at event ``e`` being
+    ``ev_lo[e]:ev_hi[e]`` of ``dose_state``/``dose_amount``; its outputs are the rows
+    ``out_ptr[s]:out_ptr[s + 1]`` of ``times`` (sorted), ``OBS`` (observables) and
+    ``OBS_SENS`` (their sensitivities to the parameters ``pidx``). Switch times depend on
+    the subject's parameters, so segments end at doses and switches found as it goes; at a
+    switch the sensitivities jump by ``(f_before - f_after) dtau/dp``, as in ``simulate``.
+    ``status[s]`` gets the BDF status. The same steps as ``simulate`` with method BDF.
     """
     n = N_STATES
     ns = pidx.shape[0]
     m = n * (1 + ns)
-    sw = np.zeros(0)
     for a in range(active.shape[0]):
         s = active[a]
         p = P[s]
+        tau = switch_times(p)
+        nsw = tau.shape[0]
+        dtau = switch_times_dp(p)
+        sw = np.zeros(nsw)
+        t0 = start[s]
+        for k in range(nsw):
+            if tau[k] <= t0:
+                sw[k] = 1.0
         y = np.empty(m)
         x0 = initial(p)
         for i in range(n):
@@ -371,56 +372,88 @@ def bdf_batch(
             for k in range(ns):
                 for i in range(n):
                     y[n * (1 + k) + i] = dx0[i, pidx[k]]
-        for d in range(start_dose_lo[s], start_dose_hi[s]):
-            y[dose_state[d]] += dose_amount[d]
+        e = ev_ptr[s]
+        e_end = ev_ptr[s + 1]
+        while e < e_end and ev_t[e] <= t0:
+            if ev_t[e] == t0:
+                for d in range(ev_lo[e], ev_hi[e]):
+                    y[dose_state[d]] += dose_amount[d]
+            e += 1
         r0 = out_ptr[s]
         nrow = out_ptr[s + 1] - r0
+        T = times[r0 : r0 + nrow]
         Yout = np.empty((nrow, m))
+        SW = np.zeros((nrow, nsw))
         status[s] = 0
-        for g in range(seg_ptr[s], seg_ptr[s + 1]):
-            lo = seg_lo[g]
-            hi = seg_hi[g]
-            if seg_t1[g] > seg_t0[g]:
+        current = t0
+        o = 0
+        while True:
+            b = t_end[s]
+            if e < e_end and ev_t[e] < b:
+                b = ev_t[e]
+            for k in range(nsw):
+                if sw[k] == 0.0 and tau[k] > current and tau[k] < b:
+                    b = tau[k]
+            hi = o
+            while hi < nrow and T[hi] < b:
+                hi += 1
+            if b > current:
+                grid = np.empty(hi - o + 2)
+                grid[0] = current
+                for r in range(o, hi):
+                    grid[1 + r - o] = T[r]
+                grid[hi - o + 1] = b
                 Yseg, st, reached, _ = bdf_segment(
-                    y,
-                    seg_t0[g],
-                    grid[grid_ptr[g] : grid_ptr[g + 1]],
-                    p,
-                    sw,
-                    pidx,
-                    rtol,
-                    atol,
-                    errcon,
-                    max_steps,
-                    max_step,
+                    y, current, grid, p, sw, pidx, rtol, atol, errcon, max_steps, max_step
                 )
                 if st != 0:
                     status[s] = st
                     break
-                for r in range(hi - lo):
+                for r in range(o, hi):
                     for c in range(m):
-                        Yout[lo + r, c] = Yseg[1 + r, c]
+                        Yout[r, c] = Yseg[1 + r - o, c]
                 last = Yseg.shape[0] - 1
                 for c in range(m):
                     y[c] = Yseg[last, c]
             else:
-                for r in range(lo, hi):
+                for r in range(o, hi):
                     for c in range(m):
                         Yout[r, c] = y[c]
-            for d in range(seg_dose_lo[g], seg_dose_hi[g]):
-                y[dose_state[d]] += dose_amount[d]
+            for r in range(o, hi):
+                for k in range(nsw):
+                    SW[r, k] = sw[k]
+            o = hi
+            for k in range(nsw):  # switches at b: flip, sensitivities jump
+                if tau[k] == b and sw[k] == 0.0:
+                    if ns > 0:
+                        x = y[:n].copy()
+                        f_old = rhs(x, b, p, sw)
+                        sw[k] = 1.0
+                        f_new = rhs(x, b, p, sw)
+                        for j in range(ns):
+                            for i in range(n):
+                                y[n * (1 + j) + i] += (f_old[i] - f_new[i]) * dtau[k, pidx[j]]
+                    else:
+                        sw[k] = 1.0
+            if e < e_end and ev_t[e] == b:
+                for d in range(ev_lo[e], ev_hi[e]):
+                    y[dose_state[d]] += dose_amount[d]
+                e += 1
+            current = b
+            if b >= t_end[s]:
+                break
         if status[s] != 0:
             continue
-        for r in range(at_end[s], nrow):
+        for r in range(o, nrow):
             for c in range(m):
                 Yout[r, c] = y[c]
+            for k in range(nsw):
+                SW[r, k] = sw[k]
         states = np.ascontiguousarray(Yout[:, :n])
-        T = times[r0 : r0 + nrow]
-        SW = np.zeros((nrow, 0))
         obs = observe_all(states, T, p, SW)
         for r in range(nrow):
-            for o in range(obs.shape[1]):
-                OBS[r0 + r, o] = obs[r, o]
+            for q in range(obs.shape[1]):
+                OBS[r0 + r, q] = obs[r, q]
         if ns > 0:
             S = np.empty((nrow, n, ns))
             for r in range(nrow):
@@ -429,6 +462,6 @@ def bdf_batch(
                         S[r, i, k] = Yout[r, n * (1 + k) + i]
             osens = observe_sens_all(states, T, p, SW, S, pidx)
             for r in range(nrow):
-                for o in range(osens.shape[1]):
+                for q in range(osens.shape[1]):
                     for k in range(ns):
-                        OBS_SENS[r0 + r, o, k] = osens[r, o, k]
+                        OBS_SENS[r0 + r, q, k] = osens[r, q, k]

@@ -397,12 +397,10 @@ class BatchConditional:
         self.n_sub = len(subjects)
         self.n_eta = so.n_eta
         self.n_obs = len(so.observables)
-        runs_s = [
-            RepeatedRun(so.compiled, s.times, s.doses, so.options, so.varying) for s in subjects
-        ]
-        runs_p = [RepeatedRun(so.compiled, s.times, s.doses, so.options, ()) for s in subjects]
-        self.batch_s = BatchRun(runs_s)
-        self.batch_p = BatchRun(runs_p)
+        records = [(s.times, s.doses) for s in subjects]
+        self.batch_s = BatchRun(so.compiled, records, so.options, so.varying)
+        self.batch_p = BatchRun(so.compiled, records, so.options, ())
+
         row_ptr = self.batch_s.row_ptr
         self.rec_subject = np.concatenate(
             [np.full(len(s.y), i, dtype=np.int64) for i, s in enumerate(subjects)]

@@ -24,7 +24,7 @@ from pkpd_cart.estimation.conditional import (
 )
 from pkpd_cart.estimation.outer import Layout
 from pkpd_cart.model.population_model import PopulationModel
-from pkpd_cart.simulation.solver import Dose, RepeatedRun, SolverOptions
+from pkpd_cart.simulation.solver import Dose, SolverOptions
 
 
 def subjects_from_dataset(pop: PopulationModel, dataset: Dataset) -> list[SubjectData]:
@@ -175,13 +175,11 @@ class PopulationObjective:
         return total, results
 
     def batch(self):
-        """The all-subjects solver when it applies (FOCE-I and FOCE, compiled BDF, no
-        switches), else None (then subjects are solved one by one)."""
+        """The all-subjects solver when it applies (FOCE-I and FOCE with the compiled BDF),
+        else None (then subjects are solved one by one)."""
         if not hasattr(self, "_batch"):
             so = self.subject_objective
-            ok = self.method in ("FOCEI", "FOCE") and RepeatedRun.supported(
-                self.pop.model, self.options
-            )
+            ok = self.method in ("FOCEI", "FOCE") and self.options.method == "BDF"
             self._batch = BatchConditional(so, self.subjects) if ok else None
         return self._batch
 

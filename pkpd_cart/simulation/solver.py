@@ -640,70 +640,61 @@ class RepeatedRun:
 
 
 class BatchRun:
-    """Several subjects' :class:`RepeatedRun` s packed for one compiled call
-    (``bdf_batch`` of the generated module): no Python between subjects or segments.
+    """Several subjects packed for one compiled call (``bdf_batch`` of the generated
+    module): no Python between subjects, doses or switches.
 
     ``run(P, active)`` simulates the rows ``active`` of the parameter matrix ``P`` and
     returns ``(observables, sensitivities or None, status)``; subject ``s`` owns rows
-    ``row_ptr[s]:row_ptr[s + 1]`` of the outputs, at its times ``times[...]``.
+    ``row_ptr[s]:row_ptr[s + 1]`` of the outputs, at its times ``times[...]``. The
+    integration is that of :func:`simulate` with the BDF method, switches included.
     """
 
-    def __init__(self, runs: list[RepeatedRun]):
-        first = runs[0]
-        self.c, self.options, self.model = first.c, first.options, first.model
-        self.pidx = first.pidx
-        self.n_sens = first.n_sens
-        seg_ptr, seg_t0, seg_t1, grid_ptr, grids, seg_lo, seg_hi = [0], [], [], [0], [], [], []
-        start_lo, start_hi, seg_dose_lo, seg_dose_hi, dose_state, dose_amount = (
-            [],
-            [],
-            [],
-            [],
-            [],
-            [],
-        )
-        out_ptr, at_end, times = [0], [], []
-        for run in runs:
-            start_lo.append(len(dose_state))
-            for i, amount in run.doses_at.get(run.start, ()):
-                dose_state.append(i)
-                dose_amount.append(amount)
-            start_hi.append(len(dose_state))
-            for current, b, grid, lo, hi in run.segments:
-                seg_t0.append(current)
-                seg_t1.append(b)
-                grids.append(grid)
-                grid_ptr.append(grid_ptr[-1] + len(grid))
-                seg_lo.append(lo)
-                seg_hi.append(hi)
-                seg_dose_lo.append(len(dose_state))
-                for i, amount in run.doses_at.get(b, ()):
-                    dose_state.append(i)
-                    dose_amount.append(amount)
-                seg_dose_hi.append(len(dose_state))
-            seg_ptr.append(len(seg_t0))
-            at_end.append(run.at_end)
-            times.append(run.times)
-            out_ptr.append(out_ptr[-1] + len(run.times))
+    def __init__(
+        self,
+        compiled: CompiledModel,
+        subjects: list[tuple[np.ndarray, list[Dose]]],
+        options: SolverOptions,
+        sensitivities: Iterable[str] = (),
+    ):
+        model = compiled.model
+        self.c, self.options, self.model = compiled, options, model
+        names, self.pidx, sidx = _sensitivity_directions(model, list(sensitivities) or False)
+        if sidx:
+            raise InputError("BatchRun: initial-value sensitivities are not supported")
+        self.n_sens = len(names)
+        index = {name: i for i, name in enumerate(model.states)}
+        starts, ends, ev_ptr, ev_t, ev_lo, ev_hi = [], [], [0], [], [], []
+        dose_state, dose_amount, out_ptr, all_times = [], [], [0], []
+        for times, doses in subjects:
+            times = np.asarray(times, dtype=float)
+            doses = sorted(doses, key=lambda d: d.time)
+            start = min([model.start_time, float(times[0])] + [d.time for d in doses])
+            starts.append(start)
+            ends.append(max(float(times[-1]), start))
+            for at in sorted({float(d.time) for d in doses}):
+                ev_t.append(at)
+                ev_lo.append(len(dose_state))
+                for d in doses:
+                    if d.time == at:
+                        dose_state.append(index[d.target])
+                        dose_amount.append(d.amount)
+                ev_hi.append(len(dose_state))
+            ev_ptr.append(len(ev_t))
+            all_times.append(times)
+            out_ptr.append(out_ptr[-1] + len(times))
         i64 = np.int64
-        self.seg_ptr = np.asarray(seg_ptr, dtype=i64)
-        self.seg_t0 = np.asarray(seg_t0, dtype=float)
-        self.seg_t1 = np.asarray(seg_t1, dtype=float)
-        self.grid_ptr = np.asarray(grid_ptr, dtype=i64)
-        self.grid = np.concatenate(grids) if grids else np.zeros(0)
-        self.seg_lo = np.asarray(seg_lo, dtype=i64)
-        self.seg_hi = np.asarray(seg_hi, dtype=i64)
-        self.start_lo = np.asarray(start_lo, dtype=i64)
-        self.start_hi = np.asarray(start_hi, dtype=i64)
-        self.seg_dose_lo = np.asarray(seg_dose_lo, dtype=i64)
-        self.seg_dose_hi = np.asarray(seg_dose_hi, dtype=i64)
+        self.start = np.asarray(starts, dtype=float)
+        self.t_end = np.asarray(ends, dtype=float)
+        self.ev_ptr = np.asarray(ev_ptr, dtype=i64)
+        self.ev_t = np.asarray(ev_t, dtype=float)
+        self.ev_lo = np.asarray(ev_lo, dtype=i64)
+        self.ev_hi = np.asarray(ev_hi, dtype=i64)
         self.dose_state = np.asarray(dose_state, dtype=i64)
         self.dose_amount = np.asarray(dose_amount, dtype=float)
         self.row_ptr = np.asarray(out_ptr, dtype=i64)
-        self.at_end = np.asarray(at_end, dtype=i64)
-        self.times = np.concatenate(times)
-        self.n_subjects = len(runs)
-        self.n_obs = len(self.model.observables)
+        self.times = np.concatenate(all_times) if all_times else np.zeros(0)
+        self.n_subjects = len(subjects)
+        self.n_obs = len(model.observables)
 
     def run(self, P: np.ndarray, active: np.ndarray):
         o = self.options
@@ -716,21 +707,15 @@ class BatchRun:
                 np.ascontiguousarray(P, dtype=float),
                 self.pidx,
                 np.asarray(active, dtype=np.int64),
-                self.seg_ptr,
-                self.seg_t0,
-                self.seg_t1,
-                self.grid_ptr,
-                self.grid,
-                self.seg_lo,
-                self.seg_hi,
-                self.start_lo,
-                self.start_hi,
-                self.seg_dose_lo,
-                self.seg_dose_hi,
+                self.start,
+                self.t_end,
+                self.ev_ptr,
+                self.ev_t,
+                self.ev_lo,
+                self.ev_hi,
                 self.dose_state,
                 self.dose_amount,
                 self.row_ptr,
-                self.at_end,
                 self.times,
                 o.rtol,
                 o.atol,
