@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pkpd_cart.errors import SimulationError
-from pkpd_cart.simulation.solver import Dose, RepeatedRun, SolverOptions, simulate
+from pkpd_cart.simulation.solver import BatchRun, Dose, SolverOptions, simulate
 
 LOG_2PI = math.log(2 * math.pi)
 METHODS = ("FOCEI", "FOCE", "FO", "LAPLACE")
@@ -121,7 +121,7 @@ class SubjectObjective:
         self.penalty = penalty
         self.n_simulations = 0
         self.inner_tolerance = 1e-12
-        self._runs: dict = {}  # (subject id, with sensitivities) -> RepeatedRun
+        self._runs: dict = {}  # (subject id, with sensitivities) -> BatchRun
 
     def __getstate__(self) -> dict:  # numeric functions are rebuilt where unpickled
         state = dict(self.__dict__)
@@ -207,13 +207,22 @@ class SubjectObjective:
 
     def _simulate(self, subj: SubjectData, p: np.ndarray, wrt: list[str]):
         """Observables (and their sensitivities to ``wrt``) at the subject's times."""
-        if RepeatedRun.supported(self.model, self.options):
+        if self.options.method == "BDF":  # the compiled batch driver, one subject
             key = (subj.id, bool(wrt))
             run = self._runs.get(key)
             if run is None:
-                run = RepeatedRun(self.compiled, subj.times, subj.doses, self.options, wrt)
+                run = BatchRun(self.compiled, [(subj.times, subj.doses)], self.options, wrt)
                 self._runs[key] = run
-            return run.run(p)
+            obs, sens, status = run.run(p[None, :], np.zeros(1, dtype=np.int64))
+            if status[0] or not np.all(np.isfinite(obs)):
+                reason = run.failure(int(status[0])) if status[0] else "non-finite outputs"
+                raise SimulationError(
+                    self.model.name,
+                    float(subj.times[-1]),
+                    dict(zip(self.model.parameters, p)),
+                    reason,
+                )
+            return obs, sens
         traj = simulate(
             self.model,
             subj.times,
