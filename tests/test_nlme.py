@@ -510,3 +510,31 @@ def test_a_model_with_a_parameter_dependent_switch_recovers_its_population():
     for name, value in truth_values.items():
         assert abs(p.loc[name, "estimate"] - value) < 3 * p.loc[name, "se"], name
     assert result.success and result.synthetic
+
+
+def test_without_random_effects_every_method_is_the_fixed_effects_likelihood():
+    """No etas: FOCE-I and LAPLACE are the naive pooled likelihood, which the package's
+    fixed-effects fit (pk.fit, a different optimiser and code path) maximises too."""
+    model = pk.load_model("pk_1cmt_iv")
+    pop = PopulationModel(model)
+    pop.log_normal("CL", 0.01)
+    pop.log_normal("V", 1.5)
+    pop.error("C", pk.ErrorModel.proportional(0.2))
+    data = pheno_data()
+    focei = pk.fit_population(pop, data, covariance=None)
+    laplace = pk.fit_population(
+        focei.population, data, "LAPLACE", max_iterations=0, covariance=None
+    )
+    fixed = pk.fit(
+        model,
+        data,
+        estimate=["CL", "V"],
+        initial={"CL": 0.01, "V": 1.5},
+        error_models={"C": pk.ErrorModel.proportional(0.2)},
+    )
+    assert laplace.ofv == pytest.approx(focei.ofv, abs=1e-9)
+    assert focei.ofv_with_constant == pytest.approx(fixed.ofv, abs=1e-3)
+    est = fixed.parameters.set_index("quantity")["estimate"]
+    p = focei.parameters.set_index("name")["estimate"]
+    assert p["tv_CL"] == pytest.approx(est["CL"], rel=1e-3)
+    assert p["tv_V"] == pytest.approx(est["V"], rel=1e-3)

@@ -164,6 +164,8 @@ class SubjectObjective:
             dpdeta = np.asarray(cp.d_individual(th, et, cv), dtype=float)  # (n_var, n_eta)
             dO = obs_sens[subj.t_index] @ dpdeta  # (n_rec, n_obs, n_eta)
         V = np.empty_like(f)
+        if dO is None and derivatives:  # no random effects: derivatives are empty
+            dO = np.zeros((len(f), O.shape[1], self.n_eta))
         g = dO[rec, subj.o_index] if dO is not None else None
         h = np.zeros_like(g) if g is not None else None
         for k, obs in enumerate(self.observables):
@@ -429,6 +431,8 @@ class BatchConditional:
         if values.ndim == 1:
             return np.bincount(self.rec_subject, weights=values, minlength=self.n_sub)
         flat = values.reshape(len(values), -1)
+        if flat.shape[1] == 0:
+            return np.zeros((self.n_sub,) + values.shape[1:])
         out = np.stack(
             [
                 np.bincount(self.rec_subject, weights=flat[:, k], minlength=self.n_sub)
@@ -461,7 +465,10 @@ class BatchConditional:
         rec = np.arange(len(self.y))
         O = OBS[self.rec_row]  # (n_rec, n_obs)
         f = O[rec, self.rec_obs]
-        dO = np.einsum("rov,rve->roe", SENS[self.rec_row], D[self.rec_subject])
+        if SENS is None:  # no random effect varies any parameter
+            dO = np.zeros((len(self.y), self.n_obs, self.n_eta))
+        else:
+            dO = np.einsum("rov,rve->roe", SENS[self.rec_row], D[self.rec_subject])
         g = dO[rec, self.rec_obs]  # (n_rec, n_eta)
         V = np.full_like(f, np.nan)
         h = np.zeros_like(g)
