@@ -538,3 +538,16 @@ def test_without_random_effects_every_method_is_the_fixed_effects_likelihood():
     p = focei.parameters.set_index("name")["estimate"]
     assert p["tv_CL"] == pytest.approx(est["CL"], rel=1e-3)
     assert p["tv_V"] == pytest.approx(est["V"], rel=1e-3)
+
+
+def test_fixed_effects_fit_stuck_at_a_residual_floor_says_so():
+    """Found while cross-checking: from the model's default CL and V the pheno
+    concentrations fall to ~1e-13, the proportional SD hits its floor, the optimiser stops
+    at once with success and an OFV of 5e18. The result must say it is not reliable."""
+    fixed = pk.fit(
+        pk.load_model("pk_1cmt_iv"),
+        pheno_data(),
+        estimate=["CL", "V"],
+        error_models={"C": pk.ErrorModel.proportional(0.2)},
+    )
+    assert any("numerical floor" in w for w in fixed.warnings), fixed.warnings

@@ -170,6 +170,7 @@ class Problem:
         self._cache_key: bytes | None = None
         self._cache: tuple | None = None
         self.n_failures = 0
+        self.n_at_floor = 0
         self.failure_messages: list[str] = []
         self.n_simulations = 0
 
@@ -271,6 +272,7 @@ class Problem:
         return self._evaluate(np.asarray(x, dtype=float), jacobian=False)[0]
 
     def _evaluate(self, x: np.ndarray, jacobian: bool = True):
+        self.n_at_floor = 0  # records whose residual SD sits at its numerical floor
         nx = len(self.specs)
         sig_index = {s.quantity: k for k, s in enumerate(self.specs) if s.kind == "sigma"}
         sig = {q: math.exp(x[k]) for q, k in sig_index.items()}
@@ -341,6 +343,7 @@ class Problem:
                 data = np.where(cens, lim, yi)
             s, ds = em.sigma(fi, par)
             floor = 1e-9 * (np.abs(data) + 1.0) if not lognormal else np.full_like(s, 1e-9)
+            self.n_at_floor += int(np.sum(s < floor))
             s = np.maximum(s, floor)
             # d sigma / d internal parameters
             dsig = ds["f"][:, None] * dfi
@@ -645,6 +648,12 @@ def fit(
     cov, corr, cond, warnings = _uncertainty(problem, x, free)
     _, _, ofv, _ = problem.evaluate(x)
     table = _table(problem, x, cov)
+    if problem.n_at_floor:
+        warnings.append(
+            f"{problem.n_at_floor} record(s) have a residual SD at its numerical floor "
+            "(predictions near 0 with a proportional error?): the OFV and the estimates are "
+            "not reliable; start from other initial values"
+        )
     at_bound = [
         s.name
         for s in problem.specs
