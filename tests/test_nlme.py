@@ -551,3 +551,25 @@ def test_fixed_effects_fit_stuck_at_a_residual_floor_says_so():
         error_models={"C": pk.ErrorModel.proportional(0.2)},
     )
     assert any("numerical floor" in w for w in fixed.warnings), fixed.warnings
+
+
+def test_fixed_theta_omega_and_sigma_stay_at_their_values():
+    pop, data, _ = linear_population()
+    fixed = PopulationModel(pop.model)
+    fixed.theta("tv_P", 5.0, fixed=True)
+    eta = fixed.eta("eta_P", 0.5, fixed=True)
+    fixed.individual("P", sp.Symbol("tv_P", real=True) + eta)
+    fixed.error("y", pk.ErrorModel.additive(0.4), fixed=True)
+    free = PopulationModel(pop.model)
+    free.theta("tv_P", 5.0, fixed=True)
+    eta = free.eta("eta_P", 0.5)
+    free.individual("P", sp.Symbol("tv_P", real=True) + eta)
+    free.error("y", pk.ErrorModel.additive(0.4), fixed=True)
+    result = pk.fit_population(free, data)
+    p = result.parameters.set_index("name")
+    assert p.loc["tv_P", "estimate"] == 5.0 and p.loc["tv_P", "fixed"]
+    assert p.loc["SIGMA(y:add)", "estimate"] == 0.4 and np.isnan(p.loc["SIGMA(y:add)", "se"])
+    assert p.loc["OMEGA(eta_P)", "estimate"] != 0.5 and not p.loc["OMEGA(eta_P)", "fixed"]
+    assert result.n_estimated == 1
+    all_fixed = pk.fit_population(fixed, data)
+    assert all_fixed.parameters["estimate"].tolist() == [5.0, 0.5, 0.4]
