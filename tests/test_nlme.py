@@ -573,3 +573,24 @@ def test_fixed_theta_omega_and_sigma_stay_at_their_values():
     assert result.n_estimated == 1
     all_fixed = pk.fit_population(fixed, data)
     assert all_fixed.parameters["estimate"].tolist() == [5.0, 0.5, 0.4]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (
+            {"covariance": "sandwhich"},
+            "unknown covariance method 'sandwhich'; choose one of 'sandwich', 'R', 'S' or None",
+        ),
+        ({"max_iterations": -1}, "max_iterations must be a non-negative integer, not -1"),
+        ({"data": "wang2007.csv"}, "fit_population needs a Dataset (pk.read_dataset), not str"),
+        ({"population": "pop"}, "fit_population needs a PopulationModel, not str"),
+        ({"options": "BDF"}, "options must be a pk.SolverOptions, not str"),
+        ({"ofv_tolerance": 0}, "ofv_tolerance must be a positive number, not 0"),
+    ],
+)
+def test_bad_arguments_are_refused_in_one_line(kwargs, message):
+    args = {"population": wang_population("prop"), "data": wang_data()} | kwargs
+    with pytest.raises(FitError) as err:
+        pk.fit_population(**args)
+    assert str(err.value) == message

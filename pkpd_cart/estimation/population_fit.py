@@ -91,6 +91,10 @@ def fit_population(
         raise FitError(
             f"fit_population needs a Dataset (pk.read_dataset), not {type(data).__name__}"
         )
+    if options is not None and not isinstance(options, SolverOptions):
+        raise FitError(f"options must be a pk.SolverOptions, not {type(options).__name__}")
+    if not (isinstance(ofv_tolerance, (int, float)) and ofv_tolerance > 0):
+        raise FitError(f"ofv_tolerance must be a positive number, not {ofv_tolerance!r}")
     if not isinstance(max_iterations, int) or max_iterations < 0:
         raise FitError(f"max_iterations must be a non-negative integer, not {max_iterations!r}")
     from pkpd_cart.errors import ModelDefinitionError
