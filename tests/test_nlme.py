@@ -594,3 +594,19 @@ def test_bad_arguments_are_refused_in_one_line(kwargs, message):
     with pytest.raises(FitError) as err:
         pk.fit_population(**args)
     assert str(err.value) == message
+
+
+def test_declared_covariate_columns_are_checked(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("ID,TIME,DV,DVID,EVID,WGT\n1,1,5,C,0,1.2\n1,2,4,C,0,x\n")
+    with pytest.raises(DatasetError) as err:
+        pk.read_dataset(path, covariates=["WGT", "APGR"])
+    assert str(err.value) == f"{path}: column APGR: declared covariate column is missing"
+    with pytest.raises(DatasetError) as err:
+        pk.read_dataset(path, covariates=["WGT"])
+    assert str(err.value).startswith(f"{path}: row 3, column WGT: ")
+    with pytest.raises(DatasetError) as err:
+        pk.read_dataset(path, covariates=["WT"])
+    assert str(err.value) == (
+        f"{path}: covariates=: 'WT' is a standard column, kept without declaring it"
+    )

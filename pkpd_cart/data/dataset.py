@@ -316,10 +316,12 @@ def _validate(
     columns = [c for c in raw.columns if c != "ROW"]
     known = STANDARD + COVARIATES + METADATA
     for c in extra:
-        if not isinstance(c, str) or not c.isidentifier() or c in known:
+        if isinstance(c, str) and c in known:
             raise DatasetError(
-                f"{source}: covariates=: {c!r} is not a name for a further covariate column"
+                f"{source}: covariates=: {c!r} is a standard column, kept without declaring it"
             )
+        if not isinstance(c, str) or not c.isidentifier():
+            raise DatasetError(f"{source}: covariates=: {c!r} is not a column name")
         if c not in columns:
             raise _fail(source, None, c, "declared covariate column is missing")
     for c in columns:
