@@ -18,9 +18,10 @@ class PopulationFitResult:
     """Estimates, uncertainty, EBEs and diagnostics of a population fit.
 
     ``parameters`` has one row per theta, Omega element and sigma: ``estimate`` (Omega
-    as variances/covariances, sigma as SDs), ``se``, ``rse_pct``, 95% Wald limits,
-    ``fixed``; Omega diagonals also carry ``sd`` and ``cv_pct`` (``100 sqrt(exp(w^2)-1)``,
-    log-normal) and sigmas ``variance`` (NONMEM's ``$SIGMA``).
+    as variances/covariances, sigma as SDs), ``se``, ``rse_pct``, 95% limits (Wald; on the
+    log scale for variances and SDs, ``ci_scale``), ``fixed``; Omega diagonals also carry
+    ``sd`` and ``cv_pct`` (``100 sqrt(exp(w^2)-1)``, log-normal) and sigmas ``variance``
+    (NONMEM's ``$SIGMA``).
     """
 
     population: PopulationModel
@@ -139,6 +140,7 @@ def assemble(
             "rse_pct": 100 * se[k] / abs(est) if est != 0 else np.nan,
             "lower_95": est - 1.959964 * se[k],
             "upper_95": est + 1.959964 * se[k],
+            "ci_scale": "linear",
             "fixed": e.fixed,
             "sd": np.nan,
             "cv_pct": np.nan,
@@ -154,6 +156,13 @@ def assemble(
             row["variance"] = est**2
             row["se_variance"] = 2 * est * se[k]
             row["sd"] = est
+        positive = e.kind == "sigma" or (e.kind == "omega" and e.index[0] == e.index[1])
+        if positive and est > 0:
+            # Variances and SDs: the interval is built on the log scale (delta method). Over
+            # 100 simulated replicates of 30 subjects it covered Omega 90-92% of the time,
+            # the symmetric Wald interval 83-87% (fits/nlme_recovery.py)
+            spread = math.exp(1.959964 * se[k] / est) if np.isfinite(se[k]) else np.nan
+            row.update(lower_95=est / spread, upper_95=est * spread, ci_scale="log")
         rows.append(row)
     parameters = pd.DataFrame(rows)
 
