@@ -19,12 +19,37 @@ import numpy as np
 from pkpd_cart.errors import PkpdCartError
 
 
+def _number(kind: str):
+    """An argparse type: a finite number that is positive (``kind="positive"``) or not
+    negative (``"non-negative"``)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        ok = value > 0 if kind == "positive" else value >= 0
+        if not (np.isfinite(value) and ok):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind} number")
+        return value
+
+    return parse
+
+
+def _names(text: str) -> list[str]:
+    """Comma-separated names, spaces around them dropped."""
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
 def _dose(text: str):
+    from pkpd_cart.errors import InputError
     from pkpd_cart.simulation.solver import Dose
 
     try:
         time, amount, target = text.split(":")
         return Dose(float(time), float(amount), target)
+    except InputError as exc:  # a well-formed dose outside its domain: say which
+        raise argparse.ArgumentTypeError(f"dose {text!r}: {exc}") from None
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"dose {text!r} is not TIME:AMOUNT:TARGET (e.g. 0:7e7:CAR_infused)"
@@ -42,11 +67,13 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("model", help="shipped model name or path to a model .py file")
     sim.add_argument(
         "--end",
-        type=float,
+        type=_number("non-negative"),
         default=365.0,
         help="last output time in the model's time unit (default 365)",
     )
-    sim.add_argument("--step", type=float, default=1.0, help="output step (default 1)")
+    sim.add_argument(
+        "--step", type=_number("positive"), default=1.0, help="output step (default 1)"
+    )
     sim.add_argument(
         "--set",
         dest="parameter_set",
@@ -68,8 +95,8 @@ def _parser() -> argparse.ArgumentParser:
         metavar="TIME:AMOUNT:TARGET",
         help="bolus dose; repeatable",
     )
-    sim.add_argument("--rtol", type=float, default=1e-8, help="relative tolerance")
-    sim.add_argument("--atol", type=float, default=1e-8, help="absolute tolerance")
+    sim.add_argument("--rtol", type=_number("positive"), default=1e-8, help="relative tolerance")
+    sim.add_argument("--atol", type=_number("positive"), default=1e-8, help="absolute tolerance")
     sim.add_argument("--out", type=Path, required=True, help="CSV file to write")
     sim.add_argument("--plot", type=Path, default=None, help="also write this PNG")
 
@@ -127,19 +154,28 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _error_model(text: str):
+    from pkpd_cart.errors import InputError
     from pkpd_cart.estimation.likelihood import ErrorModel
 
+    kinds = {
+        "additive": ErrorModel.additive,
+        "proportional": ErrorModel.proportional,
+        "combined": ErrorModel.combined,
+        "combined1": ErrorModel.combined1,
+        "lognormal": ErrorModel.lognormal,
+    }
+    obs, _, spec = text.partition("=")
+    kind = spec.split(":")[0]
+    if obs.strip() and spec and kind not in kinds:
+        raise argparse.ArgumentTypeError(
+            f"error model {text!r}: unknown kind {kind!r}; choose one of {', '.join(kinds)}"
+        )
     try:
-        obs, spec = text.split("=", 1)
         kind, *values = spec.split(":")
         numbers = [float(v) for v in values]
-        model = {
-            "additive": ErrorModel.additive,
-            "proportional": ErrorModel.proportional,
-            "combined": ErrorModel.combined,
-            "lognormal": ErrorModel.lognormal,
-        }[kind]
-        return obs, model(*numbers)
+        return obs.strip(), kinds[kind](*numbers)
+    except InputError as exc:  # well formed, but a value outside its domain
+        raise argparse.ArgumentTypeError(f"error model {text!r}: {exc}") from None
     except (ValueError, KeyError, TypeError):
         raise argparse.ArgumentTypeError(
             f"error model {text!r} is not OBS=KIND:VALUE (e.g. CAR_T=lognormal:0.3 or "
@@ -199,14 +235,13 @@ def _run(args: argparse.Namespace) -> None:
         model = pk.load_model(args.model)
         data = pk.read_dataset(args.data, model=model)
         print(data.report())
-        split = lambda text: [v for v in text.split(",") if v]  # noqa: E731
         result = fit(
             model,
             data,
-            estimate=split(args.estimate),
-            per_subject=split(args.per_subject),
+            estimate=_names(args.estimate),
+            per_subject=_names(args.per_subject),
             error_models=dict(args.error),
-            subjects=split(args.subjects) or None,
+            subjects=_names(args.subjects) or None,
             blq=args.blq,
             starts=args.starts,
             seed=args.seed,
@@ -244,6 +279,14 @@ def main(argv: list[str] | None = None) -> int:
     except PkpdCartError as exc:
         print(f"pkpd-cart: error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # the reader stopped early (`pkpd-cart docs MODEL | head`)
+        import os
+
+        try:  # what is still buffered goes nowhere, so exiting raises nothing either
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 0
     return 0
 
 

@@ -153,7 +153,7 @@ def test_bad_records_name_file_row_column(tmp_path, sle, body, message):
         ("ID,TIME,DV,DVID\n1,0,5,B_cells\n", "column EVID: required column is missing"),
         (
             "ID,TIME,DV,DVID,EVID,Weight\n1,0,5,B_cells,0,60\n",
-            "column Weight: unknown column; allowed: ID, TIME",
+            "column Weight: unknown column (did you mean WT?); allowed: ID, TIME",
         ),
         (
             "ID,TIME,DV,DVID,EVID,wt\n1,0,5,B_cells,0,60\n",

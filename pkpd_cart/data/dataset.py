@@ -324,9 +324,20 @@ def _validate(
             raise DatasetError(f"{source}: covariates=: {c!r} is not a column name")
         if c not in columns:
             raise _fail(source, None, c, "declared covariate column is missing")
+    if len(columns) == 1 and ";" in columns[0]:
+        raise _fail(
+            source,
+            None,
+            None,
+            "the columns are separated by semicolons; save the file as comma-separated CSV",
+        )
     for c in columns:
         if c not in known and c not in extra:
-            hint = f" (did you mean {c.upper()}?)" if c.upper() in known else ""
+            import difflib
+
+            same_letters = [k for k in known if sorted(k) == sorted(c.upper())]  # VD, TMIE
+            close = same_letters or difflib.get_close_matches(c.upper(), known, n=1, cutoff=0.5)
+            hint = f" (did you mean {close[0]}?)" if close else ""
             raise _fail(
                 source,
                 None,

@@ -101,6 +101,9 @@ class Problem:
         self.model = model
         self.options = options
         self.blq = blq
+        # one name given as a string means that name, not its letters
+        estimate = [estimate] if isinstance(estimate, str) else list(estimate)
+        per_subject = [per_subject] if isinstance(per_subject, str) else list(per_subject)
         if blq not in ("M3", "M1"):
             raise FitError(f"blq must be 'M3' or 'M1', not {blq!r}")
         if dataset.converted_to != model.name:
@@ -132,6 +135,12 @@ class Problem:
             raise FitError(
                 f"no error model for observable(s) {', '.join(missing)} (give "
                 "error_models={name: ErrorModel...})"
+            )
+        unknown = [o for o in error_models if o not in model.observables]
+        if unknown:
+            raise FitError(
+                f"error model for unknown observable(s) {', '.join(map(str, unknown))}; "
+                f"observables of model '{model.name}': {', '.join(model.observables)}"
             )
         self.error_models = {o: error_models[o] for o in used}
         self.n_dropped_m1 = 0

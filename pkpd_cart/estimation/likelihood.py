@@ -77,6 +77,8 @@ class ErrorModel:
         }[self.kind]
         for name in needed:
             value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+                raise InputError(f"{self.kind} error model: {name} = {value!r} is not a number")
             if not (math.isfinite(value) and value > 0):
                 raise InputError(
                     f"{self.kind} error model: {name} = {value} must be a positive number"

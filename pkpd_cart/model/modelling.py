@@ -586,12 +586,35 @@ class Model:
             for k, v in dict(params).items():
                 if k not in values:
                     raise ModelDefinitionError(f"model '{self.name}': unknown parameter '{k}'")
-                if not math.isfinite(float(v)):
-                    raise ModelDefinitionError(
-                        f"model '{self.name}': parameter '{k}' value {v} is not finite"
-                    )
-                values[k] = float(v)
+                values[k] = self.checked_value(k, v)
         return np.array([values[k] for k in self.parameters], dtype=float)
+
+    def checked_value(self, name: str, value: Any) -> float:
+        """``value`` for parameter ``name`` as a float, refused outside the parameter's
+        domain (not a number, not finite, not positive for a log-scale parameter, negative
+        for one bounded below by 0); a value outside the plausible bounds only warns."""
+        import warnings
+
+        from pkpd_cart.errors import InputError, PkpdCartWarning
+
+        p = self.parameters[name]
+        where = f"model '{self.name}': parameter '{name}'"
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise InputError(f"{where}: value {value!r} is not a number")
+        x = float(value)
+        if not math.isfinite(x):
+            raise InputError(f"{where}: value {x} is not finite")
+        if p.scale == "log" and x <= 0:
+            raise InputError(f"{where}: value {x:g} is not positive (a log-scale parameter)")
+        if p.lower >= 0 and x < 0:
+            raise InputError(f"{where}: value {x:g} is negative (its lower bound is {p.lower:g})")
+        if not p.lower <= x <= p.upper:
+            warnings.warn(
+                f"{where}: value {x:g} is outside its plausible bounds [{p.lower:g}, {p.upper:g}]",
+                PkpdCartWarning,
+                stacklevel=3,
+            )
+        return x
 
     def with_parameters(self, **values: float) -> Model:
         """A copy whose default parameter values are replaced (validated against bounds)."""

@@ -50,6 +50,8 @@ class Dose:
                 value
             ):
                 raise InputError(f"Dose {attr} {value!r} is not a finite number")
+        if self.amount < 0:
+            raise InputError(f"Dose amount {self.amount:g} is negative")
         if not isinstance(self.target, str):
             raise InputError(f"Dose target {self.target!r} is not a state name")
 
