@@ -181,3 +181,16 @@ def test_a_semicolon_separated_file_is_named_as_such(tmp_path):
     assert str(err.value) == (
         f"{path}: the columns are separated by semicolons; save the file as comma-separated CSV"
     )
+
+
+def test_an_initial_value_for_something_not_estimated_is_refused(sle):
+    data = pk.read_dataset(DATA, model=sle)
+    models = {
+        o: pk.ErrorModel.lognormal(0.3) for o in ["CAR_T", "B_cells", "anti_dsDNA", "vaccine_titre"]
+    }
+    models |= {"SLEDAI": pk.ErrorModel.additive(1.0)}
+    with pytest.raises(pk.FitError) as err:
+        Problem(sle, data, estimate=["T_exp"], error_models=models, initial={"Texp": 7.0})
+    assert str(err.value).startswith(
+        "initial value(s) for Texp, which the fit does not estimate (it estimates: "
+    )

@@ -167,4 +167,4 @@ def test_cli_fit_and_exit_codes(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main(["fit", "sle_cart", str(data), "--error", "CAR_T=gauss", "--out", "x"])
     assert info.value.code == 2
-    assert "is not OBS=KIND:VALUE" in capsys.readouterr().err
+    assert "unknown kind 'gauss'; choose one of additive" in capsys.readouterr().err

@@ -173,6 +173,15 @@ class Problem:
         if not self.subjects:
             raise FitError(f"no observations to fit in {dataset.source}")
         self.specs = self._specs(estimate, per_subject, dict(initial or {}))
+        known = {s.quantity for s in self.specs} | {
+            f"{s.quantity}[{s.subject}]" for s in self.specs if s.subject is not None
+        }
+        unknown = [k for k in dict(initial or {}) if k not in known]
+        if unknown:
+            raise FitError(
+                f"initial value(s) for {', '.join(map(str, unknown))}, which the fit does not "
+                f"estimate (it estimates: {', '.join(sorted(known))})"
+            )
         self.n_records = sum(len(s.y) for s in self.subjects)
         self.n_censored = int(sum(s.censored.sum() for s in self.subjects))
         # residual floors: sigma is never below 1e-9 of the data's own scale
