@@ -67,10 +67,6 @@ class SubjectData:
     covariates: np.ndarray
     records: object = field(repr=False)  # the dataset rows (DataFrame)
 
-    @property
-    def n_observed(self) -> int:
-        return int((~self.censored).sum())
-
 
 @dataclass
 class Context:
@@ -409,10 +405,9 @@ class BatchConditional:
         self.n_eta = so.n_eta
         self.n_obs = len(so.observables)
         records = [(s.times, s.doses) for s in subjects]
-        self.batch_s = BatchRun(so.compiled, records, so.options, so.varying)
-        self.batch_p = BatchRun(so.compiled, records, so.options, ())
+        self.batch = BatchRun(so.compiled, records, so.options, so.varying)
 
-        row_ptr = self.batch_s.row_ptr
+        row_ptr = self.batch.row_ptr
         self.rec_subject = np.concatenate(
             [np.full(len(s.y), i, dtype=np.int64) for i, s in enumerate(subjects)]
         )
@@ -460,7 +455,7 @@ class BatchConditional:
         failed[active[bad]] = True
         run_on = active[~bad]
         self.so.n_simulations += len(run_on)
-        OBS, SENS, status = self.batch_s.run(np.where(np.isfinite(P), P, 0.0), run_on)
+        OBS, SENS, status = self.batch.run(np.where(np.isfinite(P), P, 0.0), run_on)
         failed[run_on[status[run_on] != 0]] = True
         rec = np.arange(len(self.y))
         O = OBS[self.rec_row]  # (n_rec, n_obs)
@@ -535,22 +530,8 @@ class BatchConditional:
         frozen = None
         everyone = np.arange(n)
         fail_msg = [""] * n
-        if ctx.method == "FOCE":
-            OBS, _, status = self.batch_p.run(
-                np.nan_to_num(self.pop.individual_matrix(ctx.theta, np.zeros((n, k)), self.cov)[0]),
-                everyone,
-            )
-            f0 = OBS[self.rec_row, self.rec_obs]
-            frozen = np.full_like(f0, np.nan)
-            F0 = np.where(self.logn, np.log(np.maximum(f0, 1e-300)), f0)
-            for j, obs in enumerate(self.so.observables):
-                sel = self.rec_obs == j
-                if sel.any() and obs in self.so.compiled_pop.variance:
-                    Vf = self.so.compiled_pop.variance[obs][0]
-                    cols = [OBS[self.rec_row][sel, m] for m in range(self.n_obs)]
-                    frozen[sel] = np.broadcast_to(
-                        np.asarray(Vf(F0[sel], cols, ctx.sigma[obs]), dtype=float), F0[sel].shape
-                    )
+        if ctx.method == "FOCE":  # V frozen at the population prediction
+            frozen = self._predict(ctx, np.zeros((n, k)), everyone, None)[1]
         eta = np.where(np.isfinite(eta0), eta0, 0.0).astype(float).copy()
         F, V, g, h, failed = self._predict(ctx, eta, everyone, frozen)
         if k == 0:

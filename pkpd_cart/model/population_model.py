@@ -445,10 +445,6 @@ class PopulationModel:
         self._compiled = None
 
     # -- reading ---------------------------------------------------------------------
-    def sigma_keys(self) -> list[tuple[str, str]]:
-        """(observable, sigma name) of every sigma, in order."""
-        return [(o, n) for o, r in self.residuals.items() for n in r.error_model.sigma_names]
-
     def sigma_values(self) -> dict[tuple[str, str], float]:
         return {
             (o, n): r.error_model.initial[n]
