@@ -613,3 +613,18 @@ def test_declared_covariate_columns_are_checked(tmp_path):
     assert str(err.value) == (
         f"{path}: covariates=: 'WT' is a standard column, kept without declaring it"
     )
+
+
+def test_other_integrators_give_the_same_objective():
+    """LSODA runs subject by subject through simulate(); the compiled BDF in one batch."""
+    pop, data = wang_population("prop"), wang_data()
+    bdf = pk.fit_population(pop, data, max_iterations=0, covariance=None)
+    lsoda = pk.fit_population(
+        pop,
+        data,
+        max_iterations=0,
+        covariance=None,
+        options=pk.SolverOptions(method="LSODA", rtol=1e-10, atol=1e-12),
+    )
+    assert lsoda.ofv == pytest.approx(39.458, abs=1e-3)
+    assert lsoda.ofv == pytest.approx(bdf.ofv, abs=1e-5)

@@ -24,12 +24,12 @@ Gauss-Newton term of ``-2 log Phi(z)``: ``2 m (z + m) dz dz'`` with ``m = phi(z)
 the same first-order approximation FOCE-I makes for the observed records. NONMEM demands
 LAPLACE for M3; use ``method="LAPLACE"`` for that exact treatment.
 
-The inner problem is solved by Newton steps with that information matrix (Fisher
-scoring: positive definite, no second-order sensitivities), a backtracking line search
-and a warm start from the previous outer iterate's EBEs. :class:`BatchConditional` (all
-subjects at once, the default path) adds a structured secant (SR1) estimate of the
-curvature the information matrix leaves out, which makes the iteration superlinear; both
-stop on the same Newton decrement, and the objective always uses the information matrix.
+The inner problem is solved for all subjects at once (:class:`BatchConditional`) by Newton
+steps with that information matrix (Fisher scoring: positive definite, no second-order
+sensitivities) plus a structured secant (SR1) estimate of the curvature it leaves out,
+a backtracking line search and a warm start from the previous outer iterate's EBEs. The
+iteration stops on a Newton decrement; the objective always uses the information matrix
+(LAPLACE: the exact Hessian).
 """
 
 from __future__ import annotations
@@ -39,8 +39,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pkpd_cart.errors import SimulationError
-from pkpd_cart.simulation.solver import BatchRun, Dose, SolverOptions, simulate
+from pkpd_cart.simulation.solver import BatchRun, Dose, SolverOptions
 
 LOG_2PI = math.log(2 * math.pi)
 METHODS = ("FOCEI", "FOCE", "FO", "LAPLACE")
@@ -81,17 +80,6 @@ class Context:
 
 
 @dataclass
-class Prediction:
-    """Predictions, variances and their eta-derivatives at one eta."""
-
-    f: np.ndarray
-    V: np.ndarray
-    g: np.ndarray | None  # (n_rec, n_eta)
-    h: np.ndarray | None  # (n_rec, n_eta)
-    parameters: np.ndarray
-
-
-@dataclass
 class SubjectResult:
     """The conditional estimate of one subject at one outer iterate."""
 
@@ -103,7 +91,8 @@ class SubjectResult:
 
 
 class SubjectObjective:
-    """Predictions and the conditional objective of subjects under a population model."""
+    """What every subject's conditional problem shares: the compiled structural and
+    population models, the solver options, the EBE tolerance and the failure penalty."""
 
     def __init__(self, population, options: SolverOptions, penalty: float = 1e10):
         self.population = population
@@ -117,11 +106,10 @@ class SubjectObjective:
         self.penalty = penalty
         self.n_simulations = 0
         self.inner_tolerance = 1e-12
-        self._runs: dict = {}  # (subject id, with sensitivities) -> BatchRun
 
     def __getstate__(self) -> dict:  # numeric functions are rebuilt where unpickled
         state = dict(self.__dict__)
-        for key in ("compiled_pop", "compiled", "_runs"):
+        for key in ("compiled_pop", "compiled"):
             state.pop(key, None)
         return state
 
@@ -129,254 +117,6 @@ class SubjectObjective:
         self.__dict__.update(state)
         self.compiled_pop = self.population.compile()
         self.compiled = self.model.compile()
-        self._runs = {}
-
-    # -- predictions -----------------------------------------------------------------
-    def predict(
-        self,
-        subj: SubjectData,
-        ctx: Context,
-        eta: np.ndarray,
-        derivatives: bool = True,
-        frozen_V: np.ndarray | None = None,
-    ) -> Prediction:
-        """``f``, ``V`` and (if asked) ``g = df/deta``, ``h = dV/deta`` of every record."""
-        cp = self.compiled_pop
-        th, et, cv = list(ctx.theta), list(eta), list(subj.covariates)
-        try:
-            p = np.asarray(cp.individual(th, et, cv), dtype=float)
-        except (ArithmeticError, ValueError) as exc:  # e.g. exp overflow far from the optimum
-            raise SimulationError(
-                self.model.name, 0.0, {}, f"individual parameters: {exc}"
-            ) from None
-        wrt = self.varying if (derivatives and self.n_eta) else []
-        self.n_simulations += 1
-        obs_all, obs_sens = self._simulate(subj, p, wrt)
-        O = obs_all[subj.t_index]  # (n_rec, n_obs)
-        rec = np.arange(len(subj.y))
-        f = O[rec, subj.o_index]
-        dO = None
-        if wrt:
-            dpdeta = np.asarray(cp.d_individual(th, et, cv), dtype=float)  # (n_var, n_eta)
-            dO = obs_sens[subj.t_index] @ dpdeta  # (n_rec, n_obs, n_eta)
-        V = np.empty_like(f)
-        if dO is None and derivatives:  # no random effects: derivatives are empty
-            dO = np.zeros((len(f), O.shape[1], self.n_eta))
-        g = dO[rec, subj.o_index] if dO is not None else None
-        h = np.zeros_like(g) if g is not None else None
-        for k, obs in enumerate(self.observables):
-            sel = subj.o_index == k
-            if not sel.any():
-                continue
-            Vf, dVdF, dVdO, _ = cp.variance[obs]
-            sig = ctx.sigma[obs]
-            logn = subj.lognormal[sel]
-            F = np.where(logn, np.log(np.maximum(f[sel], 1e-300)), f[sel])
-            cols = [O[sel, m] for m in range(O.shape[1])]
-            V[sel] = np.broadcast_to(np.asarray(Vf(F, cols, sig), dtype=float), F.shape)
-            if g is None:
-                continue
-            gk = g[sel]
-            if logn.any():
-                gk = np.where(logn[:, None], gk / np.maximum(f[sel], 1e-300)[:, None], gk)
-                g[sel] = gk
-            if frozen_V is None:
-                dF = np.broadcast_to(np.asarray(dVdF(F, cols, sig), dtype=float), F.shape)
-                hk = dF[:, None] * gk
-                dOk = dVdO(F, cols, sig)
-                for m, dv in enumerate(dOk):
-                    dv = np.broadcast_to(np.asarray(dv, dtype=float), F.shape)
-                    if np.any(dv != 0):
-                        hk = hk + dv[:, None] * dO[sel][:, m, :]
-                h[sel] = hk
-        f = np.where(subj.lognormal, np.log(np.maximum(f, 1e-300)), f)
-        if frozen_V is not None:
-            V = frozen_V
-            if h is not None:
-                h = np.zeros_like(h)
-        if not (np.all(np.isfinite(f)) and np.all(np.isfinite(V)) and np.all(V > 0)):
-            raise SimulationError(
-                self.model.name,
-                float(subj.times[-1]),
-                dict(zip(self.model.parameters, p)),
-                "non-finite prediction or non-positive residual variance",
-            )
-        return Prediction(f, V, g, h, p)
-
-    def _simulate(self, subj: SubjectData, p: np.ndarray, wrt: list[str]):
-        """Observables (and their sensitivities to ``wrt``) at the subject's times."""
-        if self.options.method == "BDF":  # the compiled batch driver, one subject
-            key = (subj.id, bool(wrt))
-            run = self._runs.get(key)
-            if run is None:
-                run = BatchRun(self.compiled, [(subj.times, subj.doses)], self.options, wrt)
-                self._runs[key] = run
-            obs, sens, status = run.run(p[None, :], np.zeros(1, dtype=np.int64))
-            if status[0] or not np.all(np.isfinite(obs)):
-                reason = run.failure(int(status[0])) if status[0] else "non-finite outputs"
-                raise SimulationError(
-                    self.model.name,
-                    float(subj.times[-1]),
-                    dict(zip(self.model.parameters, p)),
-                    reason,
-                )
-            return obs, sens
-        traj = simulate(
-            self.model,
-            subj.times,
-            params=p,
-            doses=subj.doses,
-            options=self.options,
-            sensitivities=wrt or False,
-            compiled=self.compiled,
-        )
-        return traj.observables, traj.observable_sensitivities
-
-    # -- the conditional objective ---------------------------------------------------
-    def q_terms(
-        self, subj: SubjectData, ctx: Context, eta: np.ndarray, pred: Prediction, need: str = "all"
-    ):
-        """``q(eta)``, its gradient and its information (Gauss-Newton) matrix (x 2).
-
-        Far from the mode a variance can underflow: the values are then not finite, which
-        the line search rejects (no warning is raised for that).
-        """
-        with np.errstate(all="ignore"):
-            return self._q_terms(subj, ctx, eta, pred, need)
-
-    def _q_terms(self, subj, ctx, eta, pred, need):
-        from scipy.special import log_ndtr
-
-        unc, cen = ~subj.censored, subj.censored
-        r = subj.y - pred.f
-        V = pred.V
-        q = float(np.sum(np.log(V[unc]) + r[unc] ** 2 / V[unc]))
-        sd = np.sqrt(V[cen])
-        z = (subj.limit[cen] - pred.f[cen]) / sd
-        q += float(np.sum(-2.0 * log_ndtr(z)))
-        Oi_eta = ctx.omega_inv @ eta
-        q += float(eta @ Oi_eta)
-        if need == "value":
-            return q, None, None
-        g, h = pred.g, pred.h
-        gu, hu, Vu, ru = g[unc], h[unc], V[unc], r[unc]
-        grad = (hu / Vu[:, None] - 2 * (ru / Vu)[:, None] * gu - (ru**2 / Vu**2)[:, None] * hu).sum(
-            axis=0
-        ) + 2 * Oi_eta
-        info = (
-            2 * ctx.omega_inv
-            + 2 * (gu / Vu[:, None]).T @ gu
-            + (hu / Vu[:, None]).T @ (hu / Vu[:, None])
-        )
-        if cen.any():
-            m = np.exp(-0.5 * z**2 - 0.5 * LOG_2PI - log_ndtr(z))
-            dz = -g[cen] / sd[:, None] - (z / (2 * V[cen]))[:, None] * h[cen]
-            grad += (-2 * m) @ dz
-            w = 2 * m * (z + m)
-            info += (dz * w[:, None]).T @ dz
-        return q, grad, info
-
-    def fo(self, subj: SubjectData, ctx: Context) -> SubjectResult:
-        """FO: the objective linearised at eta = 0."""
-        if subj.censored.any():
-            raise SimulationError(
-                self.model.name, 0.0, {}, "M3 censoring needs FOCEI, FOCE or LAPLACE, not FO"
-            )
-        pred = self.predict(subj, ctx, np.zeros(self.n_eta))
-        G = pred.g
-        C = G @ ctx.omega @ G.T + np.diag(pred.V)
-        e = subj.y - pred.f
-        sign, logdet = np.linalg.slogdet(C)
-        obj = logdet + float(e @ np.linalg.solve(C, e))
-        info = ctx.omega_inv + (G / pred.V[:, None]).T @ G
-        return SubjectResult(np.zeros(self.n_eta), obj, info, 0)
-
-    def conditional(
-        self,
-        subj: SubjectData,
-        ctx: Context,
-        eta0: np.ndarray,
-        tol: float | None = None,
-        max_iter: int = 200,
-    ) -> SubjectResult:
-        """The EBE and the objective contribution of one subject (all methods).
-
-        ``tol`` bounds the Newton decrement ``g' I^-1 g`` (q units) at convergence.
-        """
-        tol = self.inner_tolerance if tol is None else tol
-        try:
-            if ctx.method == "FO":
-                return self.fo(subj, ctx)
-            return self._conditional(subj, ctx, eta0, tol, max_iter)
-        except (SimulationError, np.linalg.LinAlgError, ArithmeticError, ValueError) as exc:
-            return SubjectResult(
-                np.asarray(eta0, dtype=float), self.penalty, np.eye(self.n_eta), 0, str(exc)
-            )
-
-    def _conditional(self, subj, ctx, eta0, tol, max_iter) -> SubjectResult:
-        n = self.n_eta
-        frozen = None
-        if ctx.method == "FOCE":
-            frozen = self.predict(subj, ctx, np.zeros(n), derivatives=False).V
-        eta = np.asarray(eta0, dtype=float).copy()
-        if not np.all(np.isfinite(eta)):
-            eta = np.zeros(n)
-        try:
-            pred = self.predict(subj, ctx, eta, frozen_V=frozen)
-            q, grad, info = self.q_terms(subj, ctx, eta, pred)
-            if not math.isfinite(q):
-                raise SimulationError(self.model.name, 0.0, {}, "non-finite objective")
-        except SimulationError:
-            if not np.any(eta != 0):
-                raise
-            eta = np.zeros(n)  # the warm start failed: start from the population value
-            pred = self.predict(subj, ctx, eta, frozen_V=frozen)
-            q, grad, info = self.q_terms(subj, ctx, eta, pred)
-        it = 0
-        for it in range(1, max_iter + 1):  # noqa: B007 (it is reported)
-            step = -np.linalg.solve(info, grad)
-            if not np.all(np.isfinite(step)):
-                raise np.linalg.LinAlgError("singular information matrix")
-            slope = float(grad @ step)
-            # Newton decrement: q is within about -slope/2 of its minimum
-            if -slope < tol:
-                break
-            lam = 1.0
-            while True:
-                trial = eta + lam * step
-                try:
-                    ptrial = self.predict(subj, ctx, trial, frozen_V=frozen)
-                    qt, gt, it_info = self.q_terms(subj, ctx, trial, ptrial)
-                    ok = math.isfinite(qt) and qt <= q + 1e-4 * lam * slope + 1e-12 * abs(q)
-                except SimulationError:
-                    ok = False
-                if ok or lam < 1e-8:
-                    break
-                lam *= 0.5
-            if not ok:
-                break
-            moved = float(np.max(np.abs(trial - eta)))
-            eta, pred, q, grad, info = trial, ptrial, qt, gt, it_info
-            if moved < STEP_FLOOR:  # at the rounding level of q: no further progress
-                break
-        if ctx.method == "LAPLACE":
-            info = self.hessian(subj, ctx, eta)
-        logdet_info = _logdet_pd(info / 2)
-        obj = q + ctx.omega_logdet + logdet_info
-        return SubjectResult(eta, obj, info / 2, it)
-
-    def hessian(self, subj: SubjectData, ctx: Context, eta: np.ndarray) -> np.ndarray:
-        """Exact Hessian of q at eta: central differences of the analytic gradient."""
-        n = self.n_eta
-        H = np.empty((n, n))
-        for k in range(n):
-            d = 1e-4 * max(1.0, abs(eta[k]))
-            e = np.zeros(n)
-            e[k] = d
-            gp = self.q_terms(subj, ctx, eta + e, self.predict(subj, ctx, eta + e))[1]
-            gm = self.q_terms(subj, ctx, eta - e, self.predict(subj, ctx, eta - e))[1]
-            H[:, k] = (gp - gm) / (2 * d)
-        return 0.5 * (H + H.T)
 
 
 def _logdet_pd(matrix: np.ndarray) -> float:
@@ -386,17 +126,16 @@ def _logdet_pd(matrix: np.ndarray) -> float:
 
 
 class BatchConditional:
-    """The conditional (EBE) problems of all subjects solved together (FOCE-I and FOCE).
+    """The conditional (EBE) problems of all subjects, solved together, for every method.
 
-    The same Newton iterations, line search, stopping rule and objective as
-    :meth:`SubjectObjective.conditional`, but each iteration simulates every subject still
-    iterating in one compiled call (:class:`~pkpd_cart.simulation.solver.BatchRun`) and
-    does the algebra for all records at once with numpy, so no Python runs per subject or
-    per dose segment. Used when the model has no switches and the BDF method is chosen.
+    Each Newton iteration simulates every subject still iterating in one compiled call
+    (:class:`~pkpd_cart.simulation.solver.BatchRun`; subject by subject through
+    ``simulate`` for the non-BDF integrators) and does the algebra for all records at once
+    with numpy. FO linearises at eta = 0 (:meth:`first_order`); LAPLACE replaces the
+    information matrix by the exact Hessian at the mode (:meth:`hessian`).
     """
 
     def __init__(self, so: SubjectObjective, subjects: list[SubjectData]):
-        from pkpd_cart.simulation.solver import BatchRun
 
         self.so = so
         self.pop = so.population
@@ -527,6 +266,8 @@ class BatchConditional:
         self, ctx: Context, eta0: np.ndarray, tol: float, max_iter: int = 200
     ) -> list[SubjectResult]:
         n, k = self.n_sub, self.n_eta
+        if ctx.method == "FO":
+            return self.first_order(ctx)
         frozen = None
         everyone = np.arange(n)
         fail_msg = [""] * n
@@ -614,6 +355,8 @@ class BatchConditional:
                 small = pending & (lam < 1e-8)
                 done[act[small]] = True  # no decrease possible: at rounding level
                 pending &= ~small
+        if ctx.method == "LAPLACE" and k:
+            info = np.where(failed[:, None, None], info, self.hessian(ctx, eta, ~failed))
         results = []
         logdet_omega = ctx.omega_logdet
         for i in range(n):
@@ -643,3 +386,52 @@ class BatchConditional:
                 )
             )
         return results
+
+    def hessian(self, ctx: Context, eta: np.ndarray, ok: np.ndarray) -> np.ndarray:
+        """The exact Hessian of every subject's q at ``eta`` (for LAPLACE): central
+        differences of the analytic gradient, 2 n_eta batched evaluations."""
+        n, k = self.n_sub, self.n_eta
+        who = np.flatnonzero(ok)
+        H = np.zeros((n, k, k))
+        for j in range(k):
+            d = 1e-4 * np.maximum(1.0, np.abs(eta[:, j]))
+            grads = []
+            for sign in (1, -1):
+                shifted = eta.copy()
+                shifted[:, j] += sign * d
+                F, V, g, h, _ = self._predict(ctx, shifted, who, None)
+                grads.append(self._q_terms(ctx, shifted, F, V, g, h)[1])
+            H[:, :, j] = (grads[0] - grads[1]) / (2 * d[:, None])
+        return 0.5 * (H + H.transpose(0, 2, 1))
+
+    def first_order(self, ctx: Context) -> list[SubjectResult]:
+        """FO: every subject linearised at eta = 0: ``log|C| + e' C^-1 e`` with
+        ``C = G Omega G' + diag(V)`` over its records."""
+        n, k = self.n_sub, self.n_eta
+        F, V, g, _, failed = self._predict(ctx, np.zeros((n, k)), np.arange(n), None)
+        results = []
+        for i, subj in enumerate(self.subjects):
+            rows = self.rec_subject == i
+            if failed[i]:
+                results.append(
+                    SubjectResult(
+                        np.zeros(k),
+                        self.so.penalty,
+                        np.eye(k),
+                        0,
+                        f"subject {subj.id}: simulation failed at eta = 0",
+                    )
+                )
+                continue
+            G, e = g[rows], self.y[rows] - F[rows]
+            C = G @ ctx.omega @ G.T + np.diag(V[rows])
+            obj = np.linalg.slogdet(C)[1] + float(e @ np.linalg.solve(C, e))
+            info = ctx.omega_inv + (G / V[rows][:, None]).T @ G
+            results.append(SubjectResult(np.zeros(k), float(obj), info, 0))
+        return results
+
+    def predictions(self, ctx: Context, eta: np.ndarray):
+        """Per record at ``eta`` (one row per subject): ``F, V, g`` (log scale where the
+        error model is log-normal) and the subjects whose simulation failed."""
+        F, V, g, _, failed = self._predict(ctx, eta, np.arange(self.n_sub), None)
+        return F, V, g, failed

@@ -158,14 +158,7 @@ class PopulationObjective:
         except np.linalg.LinAlgError:
             return math.inf, []
         start = self.etas if etas is None else etas
-        batch = self.batch()
-        if batch is not None:
-            results = batch.solve(ctx, start, self.subject_objective.inner_tolerance)
-        else:
-            results = [
-                self.subject_objective.conditional(s, ctx, start[i])
-                for i, s in enumerate(self.subjects)
-            ]
+        results = self.batch().solve(ctx, start, self.subject_objective.inner_tolerance)
         for r in results:
             if r.failed:
                 self.failures += 1
@@ -174,13 +167,10 @@ class PopulationObjective:
         total = float(sum(r.obj for r in results))
         return total, results
 
-    def batch(self):
-        """The all-subjects solver when it applies (FOCE-I and FOCE with the compiled BDF),
-        else None (then subjects are solved one by one)."""
-        if not hasattr(self, "_batch"):
-            so = self.subject_objective
-            ok = self.method in ("FOCEI", "FOCE") and self.options.method == "BDF"
-            self._batch = BatchConditional(so, self.subjects) if ok else None
+    def batch(self) -> BatchConditional:
+        """The solver of every subject's conditional problem (built on first use)."""
+        if getattr(self, "_batch", None) is None:
+            self._batch = BatchConditional(self.subject_objective, self.subjects)
         return self._batch
 
     def evaluate_many(self, points: Sequence[np.ndarray], etas) -> list:

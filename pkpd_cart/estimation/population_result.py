@@ -167,11 +167,16 @@ def assemble(
     parameters = pd.DataFrame(rows)
 
     ctx = objective.context(x)
-    so = objective.subject_objective
     etas = np.array([r.eta for r in results]).reshape(len(results), len(pop.etas))
+    batch = objective.batch()
+    F_i, V_i, G_i, bad_i = batch.predictions(ctx, etas)  # at the EBEs
+    F_p, _, _, bad_p = batch.predictions(ctx, np.zeros_like(etas))  # population (eta = 0)
+    covariates = np.array([s.covariates for s in objective.subjects]).reshape(len(etas), -1)
+    with np.errstate(all="ignore"):
+        P_i = pop.individual_matrix(ctx.theta, etas, covariates)[0]
     ebe_rows, ind_rows, diag_frames = [], [], []
     iwres_all = []
-    for subj, res in zip(objective.subjects, results):
+    for k, (subj, res) in enumerate(zip(objective.subjects, results)):
         etc = np.linalg.inv(res.information) if len(res.eta) else np.zeros((0, 0))
         row = {"ID": subj.id, **{n: res.eta[i] for i, n in enumerate(pop.etas)}}
         for i, a in enumerate(pop.etas):
@@ -179,24 +184,22 @@ def assemble(
                 row[f"ETC({a},{b})"] = etc[i, j]
         row["OBJ"] = res.obj
         ebe_rows.append(row)
-        try:
-            ipred = so.predict(subj, ctx, res.eta)
-            ppred = so.predict(subj, ctx, np.zeros(len(pop.etas)), derivatives=False)
-        except Exception:  # noqa: BLE001 - a failed subject gets NaN diagnostics
+        if bad_i[k] or bad_p[k]:  # a failed subject gets no diagnostics
             ind_rows.append({"ID": subj.id})
             continue
-        ind_rows.append({"ID": subj.id, **dict(zip(pop.model.parameters, ipred.parameters))})
-        r = subj.y - ipred.f
-        iwres = np.where(subj.censored, np.nan, r / np.sqrt(ipred.V))
+        ind_rows.append({"ID": subj.id, **dict(zip(pop.model.parameters, P_i[k]))})
+        rows = batch.rec_subject == k
+        f, V, G = F_i[rows], V_i[rows], G_i[rows]
+        r = subj.y - f
+        iwres = np.where(subj.censored, np.nan, r / np.sqrt(V))
         iwres_all.append(iwres[~subj.censored])
         # CWRES (Hooker et al. 2007): FOCE linearisation at eta_hat, V at eta_hat
-        G = ipred.g if ipred.g is not None else np.zeros((len(r), 0))
-        cpred = ipred.f - G @ res.eta
+        cpred = f - G @ res.eta
         unc = ~subj.censored
         cwres = np.full(len(r), np.nan)
         if unc.any():
             Gu = G[unc]
-            C = Gu @ ctx.omega @ Gu.T + np.diag(ipred.V[unc])
+            C = Gu @ ctx.omega @ Gu.T + np.diag(V[unc])
             w, vecs = np.linalg.eigh(C)
             inv_sqrt = vecs @ np.diag(1 / np.sqrt(w)) @ vecs.T
             cwres[unc] = inv_sqrt @ (subj.y[unc] - cpred[unc])
@@ -207,8 +210,8 @@ def assemble(
             out[logged] = np.exp(out[logged])
             return out
 
-        back = natural(ipred.f)
-        frame["PRED"] = natural(ppred.f)
+        back = natural(f)
+        frame["PRED"] = natural(F_p[rows])
         frame["IPRED"] = back
         frame["RES"] = frame["DV"] - frame["PRED"]
         frame["IRES"] = frame["DV"] - frame["IPRED"]

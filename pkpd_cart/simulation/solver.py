@@ -595,6 +595,9 @@ class BatchRun:
         self.times = np.concatenate(all_times) if all_times else np.zeros(0)
         self.n_subjects = len(subjects)
         self.n_obs = len(model.observables)
+        self.subjects = [(np.asarray(t, dtype=float), list(d)) for t, d in subjects]
+        self.names = names
+        self.messages: dict[int, str] = {}  # subject -> failure message (other methods)
 
     def run(self, P: np.ndarray, active: np.ndarray):
         o = self.options
@@ -602,6 +605,28 @@ class BatchRun:
         OBS = np.full((rows, self.n_obs), np.nan)
         SENS = np.full((rows, self.n_obs, self.n_sens), np.nan)
         status = np.zeros(self.n_subjects, dtype=np.int64)
+        if o.method != "BDF":  # the other integrators: simulate() subject by subject
+            for s in np.asarray(active, dtype=np.int64):
+                rows_s = slice(self.row_ptr[s], self.row_ptr[s + 1])
+                times, doses = self.subjects[s]
+                try:
+                    traj = simulate(
+                        self.model,
+                        times,
+                        params=np.asarray(P[s], dtype=float),
+                        doses=doses,
+                        options=o,
+                        sensitivities=list(self.names) or False,
+                        compiled=self.c,
+                    )
+                except SimulationError as exc:
+                    status[s] = -1
+                    self.messages[int(s)] = str(exc)
+                    continue
+                OBS[rows_s] = traj.observables
+                if self.n_sens:
+                    SENS[rows_s] = traj.observable_sensitivities
+            return OBS, (SENS if self.n_sens else None), status
         with np.errstate(all="ignore"):
             self.c.bdf_batch(
                 np.ascontiguousarray(P, dtype=float),
@@ -628,5 +653,7 @@ class BatchRun:
             )
         return OBS, (SENS if self.n_sens else None), status
 
-    def failure(self, status: int) -> str:
+    def failure(self, status: int, subject: int | None = None) -> str:
+        if status == -1 and subject is not None:
+            return self.messages.get(subject, "simulation failed")
         return _bdf_failure(self.c, status)
