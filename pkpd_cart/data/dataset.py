@@ -176,6 +176,73 @@ class Dataset:
         Path(path).write_text(text, encoding="utf-8")
 
 
+@dataclass(frozen=True)
+class SubjectRecords:
+    """One subject's observation records laid out for simulation and a likelihood.
+
+    ``times`` are the distinct observation times (sorted); per record, ``t_index`` points
+    into them and ``o_index`` into the model's observables; ``doses`` are the subject's
+    bolus doses (:class:`~pkpd_cart.simulation.solver.Dose`); ``records`` the rows used.
+    """
+
+    id: str
+    times: np.ndarray
+    t_index: np.ndarray
+    o_index: np.ndarray
+    y: np.ndarray
+    censored: np.ndarray  # bool: below the limit of quantification
+    limit: np.ndarray
+    doses: list
+    records: pd.DataFrame = field(repr=False)
+
+
+def subject_records(
+    dataset: Dataset,
+    observables: Sequence[str],
+    subjects: Sequence[str] | None = None,
+    drop_censored: bool = False,
+) -> list[SubjectRecords]:
+    """Per-subject observation layouts (``subjects`` in their order, default all; those
+    without observations left out). Used by the fixed-effects and the population fits."""
+    from pkpd_cart.simulation.solver import Dose
+
+    obs = dataset.observations()
+    if drop_censored:
+        obs = obs[obs["CENS"] == 0]
+    obs_by_subject = dict(tuple(obs.groupby("ID", sort=False)))
+    doses_by_subject = dict(tuple(dataset.doses().groupby("ID", sort=False)))
+    names = list(observables)
+    out = []
+    for sid in subjects if subjects is not None else dataset.subjects:
+        rec = obs_by_subject.get(sid)
+        if rec is None or rec.empty:
+            continue
+        time = rec["TIME"].to_numpy(dtype=float)
+        times = np.unique(time)
+        doses = (
+            [
+                Dose(float(r.TIME), float(r.AMT), str(r.CMT))
+                for r in doses_by_subject[sid].itertuples()
+            ]
+            if sid in doses_by_subject
+            else []
+        )
+        out.append(
+            SubjectRecords(
+                sid,
+                times,
+                np.searchsorted(times, time),
+                np.array([names.index(d) for d in rec["DVID"]], dtype=np.int64),
+                rec["DV"].to_numpy(dtype=float),
+                rec["CENS"].to_numpy() == 1,
+                rec["LIMIT"].to_numpy(dtype=float),
+                doses,
+                rec,
+            )
+        )
+    return out
+
+
 def _fail(source: str, row: int | None, column: str | None, problem: str) -> DatasetError:
     where = source
     if row is not None:

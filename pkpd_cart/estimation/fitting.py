@@ -25,7 +25,7 @@ import lmfit
 import numpy as np
 import pandas as pd
 
-from pkpd_cart.data.dataset import Dataset
+from pkpd_cart.data.dataset import Dataset, SubjectRecords, subject_records
 from pkpd_cart.errors import FitError, SimulationError
 from pkpd_cart.estimation.likelihood import (
     ErrorModel,
@@ -34,7 +34,7 @@ from pkpd_cart.estimation.likelihood import (
     minus2ll_observed,
 )
 from pkpd_cart.model.modelling import Model
-from pkpd_cart.simulation.solver import Dose, SolverOptions, simulate
+from pkpd_cart.simulation.solver import SolverOptions, simulate
 
 PENALTY = 1e3  # residual value returned for every record when a simulation fails
 DEFAULT_OPTIONS = SolverOptions(rtol=1e-7, atol=1e-8)
@@ -67,19 +67,6 @@ class ParameterSpec:
 
     def to_natural(self, value: float) -> float:
         return math.exp(value) if self.log else value
-
-
-@dataclass
-class _Subject:
-    id: str
-    times: np.ndarray  # unique sorted observation times
-    t_index: np.ndarray  # per record: index into times
-    o_index: np.ndarray  # per record: observable index
-    y: np.ndarray
-    censored: np.ndarray  # bool
-    limit: np.ndarray
-    doses: list[Dose]
-    records: pd.DataFrame  # the dataset rows used (for reports)
 
 
 class Problem:
@@ -143,33 +130,12 @@ class Problem:
                 f"observables of model '{model.name}': {', '.join(model.observables)}"
             )
         self.error_models = {o: error_models[o] for o in used}
-        self.n_dropped_m1 = 0
-        self.subjects: list[_Subject] = []
-        for sid in ids:
-            rec = obs[obs["ID"] == sid]
-            if blq == "M1":
-                self.n_dropped_m1 += int((rec["CENS"] == 1).sum())
-                rec = rec[rec["CENS"] == 0]
-            if rec.empty:
-                continue
-            times = np.unique(rec["TIME"].to_numpy(dtype=float))
-            doses = [
-                Dose(float(r.TIME), float(r.AMT), str(r.CMT))
-                for r in dataset.doses().query("ID == @sid").itertuples()
-            ]
-            self.subjects.append(
-                _Subject(
-                    sid,
-                    times,
-                    np.searchsorted(times, rec["TIME"].to_numpy(dtype=float)),
-                    np.array([obs_names.index(d) for d in rec["DVID"]]),
-                    rec["DV"].to_numpy(dtype=float),
-                    rec["CENS"].to_numpy() == 1,
-                    rec["LIMIT"].to_numpy(dtype=float),
-                    doses,
-                    rec,
-                )
-            )
+        self.n_dropped_m1 = (
+            int(((obs["CENS"] == 1) & obs["ID"].isin(ids)).sum()) if blq == "M1" else 0
+        )
+        self.subjects: list[SubjectRecords] = subject_records(
+            dataset, obs_names, ids, drop_censored=blq == "M1"
+        )
         if not self.subjects:
             raise FitError(f"no observations to fit in {dataset.source}")
         self.specs = self._specs(estimate, per_subject, dict(initial or {}))
@@ -273,7 +239,7 @@ class Problem:
             columns.append((k, j))
         return p, columns
 
-    def _simulate(self, subj: _Subject, p: np.ndarray, wrt: Sequence[str] = ()):
+    def _simulate(self, subj: SubjectRecords, p: np.ndarray, wrt: Sequence[str] = ()):
         """One subject at its observation times, with sensitivities to ``wrt`` if any."""
         return simulate(
             self.model,

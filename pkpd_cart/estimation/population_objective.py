@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pkpd_cart.data.dataset import Dataset
+from pkpd_cart.data.dataset import Dataset, subject_records
 from pkpd_cart.errors import DatasetError, FitError
 from pkpd_cart.estimation.conditional import (
     BatchConditional,
@@ -24,7 +24,7 @@ from pkpd_cart.estimation.conditional import (
 )
 from pkpd_cart.estimation.outer import Layout
 from pkpd_cart.model.population_model import PopulationModel
-from pkpd_cart.simulation.solver import Dose, SolverOptions
+from pkpd_cart.simulation.solver import SolverOptions
 
 
 def subjects_from_dataset(pop: PopulationModel, dataset: Dataset) -> list[SubjectData]:
@@ -47,11 +47,9 @@ def subjects_from_dataset(pop: PopulationModel, dataset: Dataset) -> list[Subjec
             f"population model '{pop.name}': no residual error model for observable(s) "
             f"{', '.join(missing)} (use pop.error(name, ErrorModel...))"
         )
-    obs_names = list(model.observables)
-    subjects = []
-    doses_by_subject = dict(tuple(dataset.doses().groupby("ID", sort=False)))
+    layouts = {r.id: r for r in subject_records(dataset, list(model.observables))}
     rows_by_subject = dict(tuple(frame.groupby("ID", sort=False)))
-    obs_by_subject = dict(tuple(obs.groupby("ID", sort=False)))
+    subjects = []
     for sid in dataset.subjects:
         rows = rows_by_subject[sid]
         covs = []
@@ -71,15 +69,11 @@ def subjects_from_dataset(pop: PopulationModel, dataset: Dataset) -> list[Subjec
                     "be constant within a subject"
                 )
             covs.append(float(finite[0]))
-        rec = obs_by_subject.get(sid)
-        if rec is None or rec.empty:
+        lay = layouts.get(sid)
+        if lay is None:
             continue
-        times = np.unique(rec["TIME"].to_numpy(dtype=float))
-        o_index = np.array([obs_names.index(d) for d in rec["DVID"]])
+        rec, cens, y, lim = lay.records, lay.censored, lay.y, lay.limit
         logn = np.array([pop.residuals[d].error_model.kind == "lognormal" for d in rec["DVID"]])
-        cens = rec["CENS"].to_numpy() == 1
-        y = rec["DV"].to_numpy(dtype=float)
-        lim = rec["LIMIT"].to_numpy(dtype=float)
         if np.any(logn & ~cens & ~(y > 0)):
             bad = rec[logn & ~cens & ~(y > 0)].iloc[0]
             raise DatasetError(
@@ -89,22 +83,18 @@ def subjects_from_dataset(pop: PopulationModel, dataset: Dataset) -> list[Subjec
         log_y_sum = float(np.sum(np.log(y[logn & ~cens])))
         y = np.where(logn & ~cens, np.log(np.where(y > 0, y, 1.0)), y)
         lim = np.where(logn & cens, np.log(np.where(lim > 0, lim, 1.0)), lim)
-        doses = [
-            Dose(float(r.TIME), float(r.AMT), str(r.CMT))
-            for r in doses_by_subject.get(sid, dataset.doses().iloc[:0]).itertuples()
-        ]
         subjects.append(
             SubjectData(
                 sid,
-                times,
-                np.searchsorted(times, rec["TIME"].to_numpy(dtype=float)),
-                o_index,
+                lay.times,
+                lay.t_index,
+                lay.o_index,
                 y,
                 cens,
                 lim,
                 log_y_sum,
                 logn,
-                doses,
+                lay.doses,
                 np.array(covs),
                 rec,
             )
