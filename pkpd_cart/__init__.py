@@ -47,8 +47,8 @@ _LAZY = {
     "categorical": "pkpd_cart.model.population_model",
     "FitResult": "pkpd_cart.estimation.fitting",
     "profile_likelihood": "pkpd_cart.estimation.uncertainty",
-    "from_sbml": "pkpd_cart.io.sbml",
-    "sbml_doses": "pkpd_cart.io.sbml",
+    "from_sbml": "pkpd_cart.io.sbml_import",
+    "read_sbml": "pkpd_cart.io.sbml_import",
 }
 
 
@@ -99,7 +99,7 @@ __all__ = [
     "positive_part",
     "profile_likelihood",
     "read_dataset",
-    "sbml_doses",
+    "read_sbml",
     "simulate",
     "simulate_batch",
     "simulate_population",

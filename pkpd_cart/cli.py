@@ -46,13 +46,20 @@ def _dose(text: str):
     from pkpd_cart.simulation.solver import Dose
 
     try:
-        time, amount, target = text.split(":")
-        return Dose(float(time), float(amount), target)
+        time, amount, target, *duration = text.split(":")
+        if len(duration) > 1:
+            raise ValueError(text)
+        return Dose(
+            float(time),
+            float(amount),
+            target,
+            duration=float(duration[0] or 0) if duration else 0.0,
+        )
     except InputError as exc:  # a well-formed dose outside its domain: say which
         raise argparse.ArgumentTypeError(f"dose {text!r}: {exc}") from None
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"dose {text!r} is not TIME:AMOUNT:TARGET (e.g. 0:7e7:CAR_infused)"
+            f"dose {text!r} is not TIME:AMOUNT:TARGET[:DURATION] (e.g. 0:7e7:CAR_infused)"
         ) from None
 
 
@@ -92,8 +99,8 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         type=_dose,
-        metavar="TIME:AMOUNT:TARGET",
-        help="bolus dose; repeatable",
+        metavar="TIME:AMOUNT:TARGET[:DURATION]",
+        help="dose: a bolus, or an infusion over DURATION (time units); repeatable",
     )
     sim.add_argument("--rtol", type=_number("positive"), default=1e-8, help="relative tolerance")
     sim.add_argument("--atol", type=_number("positive"), default=1e-8, help="absolute tolerance")

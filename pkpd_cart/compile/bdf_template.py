@@ -48,7 +48,16 @@ BDF_STEP_TOO_SMALL = 2
 
 
 @_jit
-def _bdf_initial_step(x0, f0, t0, p, sw, interval, max_step, rtol, atol):
+def _rhs_u(x, t, p, sw, u):
+    """The model's right-hand side plus the infusion input ``u`` (amount per time)."""
+    f = rhs(x, t, p, sw)
+    for i in range(f.shape[0]):
+        f[i] += u[i]
+    return f
+
+
+@_jit
+def _bdf_initial_step(x0, f0, t0, p, sw, u, interval, max_step, rtol, atol):
     """scipy's ``select_initial_step`` for order 1, on the states."""
     n = x0.shape[0]
     scale = np.empty(n)
@@ -61,7 +70,7 @@ def _bdf_initial_step(x0, f0, t0, p, sw, interval, max_step, rtol, atol):
     h0 = min(h0, interval)
     for i in range(n):
         x1[i] = x0[i] + h0 * f0[i]
-    f1 = rhs(x1, t0 + h0, p, sw)
+    f1 = _rhs_u(x1, t0 + h0, p, sw, u)
     for i in range(n):
         x1[i] = f1[i] - f0[i]
     d2 = _bdf_rms(x1, scale, n) / h0
@@ -73,15 +82,17 @@ def _bdf_initial_step(x0, f0, t0, p, sw, interval, max_step, rtol, atol):
 
 
 @_jit
-def bdf_segment(y0, t0, tout, p, sw, pidx, rtol, atol, errcon, max_steps, max_step):
+def bdf_segment(y0, t0, tout, p, sw, pidx, u, rtol, atol, errcon, max_steps, max_step):
     """Integrate the (augmented) state y0 from t0 over the output times ``tout``.
 
     ``y0`` holds the n states, then one block of n per sensitivity direction (parameters
-    ``pidx`` first, then initial values), as in ``sens_rhs``. ``tout`` is increasing and
-    ``tout[-1]`` is the end of the segment. Returns ``(Y, status, t_reached, n_steps)``
-    with ``Y[i]`` the solution at ``tout[i]`` in the same layout (rows after a failure are
-    undefined). Inside, the sensitivities are stored component-major (all directions of
-    state i together), so that J S and the corrector solves run along the directions.
+    ``pidx`` first, then initial values), as in ``sens_rhs``. ``u`` (n) is the infusion
+    input added to the states' derivatives (it does not depend on the parameters, so the
+    sensitivity equations do not change). ``tout`` is increasing and ``tout[-1]`` is the
+    end of the segment. Returns ``(Y, status, t_reached, n_steps)`` with ``Y[i]`` the
+    solution at ``tout[i]`` in the same layout (rows after a failure are undefined).
+    Inside, the sensitivities are stored component-major (all directions of state i
+    together), so that J S and the corrector solves run along the directions.
     """
     n = N_STATES
     m = y0.shape[0]
@@ -102,8 +113,8 @@ def bdf_segment(y0, t0, tout, p, sw, pidx, rtol, atol, errcon, max_steps, max_st
     yi = np.empty(m)  # y0 in the internal layout
     _bdf_to_internal(y0, yi, n, n_dir)
     x0 = yi[:n].copy()
-    f0 = rhs(x0, t0, p, sw)
-    h_abs = _bdf_initial_step(x0, f0, t0, p, sw, t_bound - t0, max_step, rtol, atol)
+    f0 = _rhs_u(x0, t0, p, sw, u)
+    h_abs = _bdf_initial_step(x0, f0, t0, p, sw, u, t_bound - t0, max_step, rtol, atol)
     D = np.zeros((_BDF_MAX_ORDER + 3, m))
     Js = np.empty((n, n))  # Jacobian and df/dp at the new state (sensitivity corrector)
     Fp = np.empty((n, p.shape[0]))
@@ -199,7 +210,7 @@ def bdf_segment(y0, t0, tout, p, sw, pidx, rtol, atol, errcon, max_steps, max_st
                 n_iter = 0
                 for k in range(_BDF_NEWTON_MAXITER):
                     n_iter = k + 1
-                    f = rhs(y_new[:n], t_new, p, sw)
+                    f = _rhs_u(y_new[:n], t_new, p, sw, u)
                     finite = True
                     for i in range(n):
                         if not math.isfinite(f[i]):
@@ -315,6 +326,14 @@ def bdf_segment(y0, t0, tout, p, sw, pidx, rtol, atol, errcon, max_steps, max_st
 
 
 @_jit
+def _add_rate(u, i, rate):
+    """Change the infusion input of state i (an infusion's end leaves no rounding residue)."""
+    u[i] += rate
+    if abs(u[i]) <= 1e-12 * abs(rate):
+        u[i] = 0.0
+
+
+@_jit
 def bdf_batch(
     P,
     pidx,
@@ -327,6 +346,7 @@ def bdf_batch(
     ev_hi,
     dose_state,
     dose_amount,
+    dose_rate,
     out_ptr,
     times,
     rtol,
@@ -342,7 +362,8 @@ def bdf_batch(
 
     Subject ``s`` starts at ``start[s]`` and ends at ``t_end[s]``; its bolus-dose times are
     ``ev_t[ev_ptr[s]:ev_ptr[s + 1]]`` (sorted, distinct), the doses at event ``e`` being
-    ``ev_lo[e]:ev_hi[e]`` of ``dose_state``/``dose_amount``; its outputs are the rows
+    ``ev_lo[e]:ev_hi[e]`` of ``dose_state``/``dose_amount``/``dose_rate`` (bolus amount
+    and change of infusion rate, see ``solver.dose_events``); its outputs are the rows
     ``out_ptr[s]:out_ptr[s + 1]`` of ``times`` (sorted), ``OBS`` (observables) and
     ``OBS_SENS`` (their sensitivities to the parameters ``pidx``). Switch times depend on
     the subject's parameters, so segments end at doses and switches found as it goes; at a
@@ -372,12 +393,14 @@ def bdf_batch(
             for k in range(ns):
                 for i in range(n):
                     y[n * (1 + k) + i] = dx0[i, pidx[k]]
+        u = np.zeros(n)
         e = ev_ptr[s]
         e_end = ev_ptr[s + 1]
         while e < e_end and ev_t[e] <= t0:
             if ev_t[e] == t0:
                 for d in range(ev_lo[e], ev_hi[e]):
                     y[dose_state[d]] += dose_amount[d]
+                    _add_rate(u, dose_state[d], dose_rate[d])
             e += 1
         r0 = out_ptr[s]
         nrow = out_ptr[s + 1] - r0
@@ -404,7 +427,7 @@ def bdf_batch(
                     grid[1 + r - o] = T[r]
                 grid[hi - o + 1] = b
                 Yseg, st, reached, _ = bdf_segment(
-                    y, current, grid, p, sw, pidx, rtol, atol, errcon, max_steps, max_step
+                    y, current, grid, p, sw, pidx, u, rtol, atol, errcon, max_steps, max_step
                 )
                 if st != 0:
                     status[s] = st
@@ -438,6 +461,7 @@ def bdf_batch(
             if e < e_end and ev_t[e] == b:
                 for d in range(ev_lo[e], ev_hi[e]):
                     y[dose_state[d]] += dose_amount[d]
+                    _add_rate(u, dose_state[d], dose_rate[d])
                 e += 1
             current = b
             if b >= t_end[s]:

@@ -130,6 +130,24 @@ class _Printer(PythonCodePrinter):
             out = f"_min({out}, {a})"
         return out
 
+    def _print_Derivative(self, expr):
+        # floor, ceiling (SBML's and rem/quotient) are piecewise constant: derivative 0
+        if isinstance(expr.expr, (sp.floor, sp.ceiling)):
+            return "0.0"
+        return super()._print_Derivative(expr)
+
+    def _print_Subs(self, expr):  # d floor(g(x))/dx = Subs(d floor(xi)/d xi, xi, g(x)) g'(x)
+        inner = expr.expr
+        if isinstance(inner, sp.Derivative) and isinstance(inner.expr, (sp.floor, sp.ceiling)):
+            return "0.0"
+        return self._print(expr.doit())
+
+    def _print_polygamma(self, expr):
+        # d gamma(x)/dx = gamma(x) polygamma(0, x): SBML factorial(n) = gamma(n + 1)
+        if expr.args[0] == 0:
+            return f"_digamma({self._print(expr.args[1])})"
+        return self._print_not_supported(expr)
+
     def _print_Float(self, expr):
         return repr(float(expr))
 
@@ -200,6 +218,24 @@ def _finite(a):
 @_jit
 def _heaviside(x):
     return 1.0 if x > 0.0 else 0.0
+
+
+@_jit
+def _digamma(x):
+    """psi(x) = d log gamma(x)/dx: recurrence up to x >= 10, then the asymptotic series
+    (absolute error about 1e-13)."""
+    if x <= 0.0 and x == math.floor(x):
+        return math.nan
+    acc = 0.0
+    if x < 0.0:  # reflection: psi(x) = psi(1 - x) - pi cot(pi x)
+        acc = -math.pi / math.tan(math.pi * x)
+        x = 1.0 - x
+    while x < 10.0:
+        acc -= 1.0 / x
+        x += 1.0
+    f = 1.0 / (x * x)
+    series = f * (1.0 / 12 - f * (1.0 / 120 - f * (1.0 / 252 - f * (1.0 / 240 - f / 132))))
+    return acc + math.log(x) - 0.5 / x - series
 
 
 @_jit

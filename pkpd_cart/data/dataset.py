@@ -9,6 +9,9 @@ DV         observed value (observation rows); empty on dose rows
 DVID       observable name of the model (e.g. ``B_cells``); ``CD3`` is auxiliary
 EVID       0 observation, 1 dose
 AMT        dose amount (dose rows), in the target state's unit
+RATE       infusion rate (dose rows, amount per time unit); 0 or empty: bolus; -2: the
+           duration is in DUR (NONMEM); -1 (rate defined in the model) is refused
+DUR        infusion duration (time units) of a dose with RATE=-2
 CMT        dose target state (dose rows), e.g. ``CAR_D``
 MDV        1: the observation is missing or to be ignored (kept and reported)
 CENS       1: below the lower limit of quantification, ``LIMIT`` holds that limit
@@ -43,7 +46,9 @@ from pkpd_cart.data.units import PERCENT_OF_CD3, accepted_units, conversion_fact
 from pkpd_cart.errors import DatasetError
 from pkpd_cart.model.modelling import Model
 
-STANDARD = ["ID", "TIME", "DV", "DVID", "EVID", "AMT", "CMT", "MDV", "CENS", "LIMIT", "UNIT"]
+STANDARD = [
+    "ID", "TIME", "DV", "DVID", "EVID", "AMT", "RATE", "DUR", "CMT", "MDV", "CENS", "LIMIT", "UNIT"
+]  # fmt: skip
 COVARIATES = ["WT", "AGE", "SEX"]
 METADATA = ["SYNTHETIC", "SOURCE", "NOTE"]
 REQUIRED = ["ID", "TIME", "EVID"]
@@ -204,8 +209,6 @@ def subject_records(
 ) -> list[SubjectRecords]:
     """Per-subject observation layouts (``subjects`` in their order, default all; those
     without observations left out). Used by the fixed-effects and the population fits."""
-    from pkpd_cart.simulation.solver import Dose
-
     obs = dataset.observations()
     if drop_censored:
         obs = obs[obs["CENS"] == 0]
@@ -220,10 +223,7 @@ def subject_records(
         time = rec["TIME"].to_numpy(dtype=float)
         times = np.unique(time)
         doses = (
-            [
-                Dose(float(r.TIME), float(r.AMT), str(r.CMT))
-                for r in doses_by_subject[sid].itertuples()
-            ]
+            [_dose(r) for r in doses_by_subject[sid].itertuples()]
             if sid in doses_by_subject
             else []
         )
@@ -241,6 +241,16 @@ def subject_records(
             )
         )
     return out
+
+
+def _dose(record):
+    """The :class:`Dose` of a dose record (bolus, or infusion from RATE / DUR)."""
+    from pkpd_cart.simulation.solver import Dose
+
+    rate = float(getattr(record, "RATE", 0.0))
+    if rate == -2:
+        return Dose(float(record.TIME), float(record.AMT), str(record.CMT), duration=record.DUR)
+    return Dose(float(record.TIME), float(record.AMT), str(record.CMT), rate=rate)
 
 
 def _fail(source: str, row: int | None, column: str | None, problem: str) -> DatasetError:
@@ -372,6 +382,44 @@ def _integers(raw, column, source, allowed, default=None) -> pd.Series:
     return values.astype(int)
 
 
+def _infusions(raw: pd.DataFrame, out: pd.DataFrame, source: str, is_dose: pd.Series) -> None:
+    """RATE and DUR as NONMEM reads them (only when the columns are there)."""
+    if "RATE" not in raw and "DUR" not in raw:
+        return
+    no = pd.Series(False, index=raw.index)
+    rate = _numbers(raw, "RATE", source, no).fillna(0.0) if "RATE" in raw else 0.0 * no
+    dur = _numbers(raw, "DUR", source, no).fillna(0.0) if "DUR" in raw else 0.0 * no
+    for r, d, row, dose in zip(rate, dur, out["ROW"], is_dose):
+        row = int(row)
+        if not dose:
+            if r != 0 or d != 0:
+                raise _fail(
+                    source,
+                    row,
+                    "RATE" if r else "DUR",
+                    "only dose records (EVID=1) take a RATE or DUR",
+                )
+            continue
+        if r == -1:
+            raise _fail(
+                source,
+                row,
+                "RATE",
+                "RATE=-1 (a rate defined in the model) is not "
+                "supported; give RATE > 0, or RATE=-2 with DUR",
+            )
+        if r < 0 and r != -2:
+            raise _fail(source, row, "RATE", f"{r:g} is not a rate >= 0, -1 or -2")
+        if r == -2 and not d > 0:
+            raise _fail(source, row, "DUR", "RATE=-2 needs a duration DUR > 0")
+        if r != -2 and d != 0:
+            raise _fail(source, row, "DUR", f"DUR is used only with RATE=-2 (RATE is {r:g})")
+        if d < 0:
+            raise _fail(source, row, "DUR", f"{d:g} is negative")
+    out["RATE"] = rate
+    out["DUR"] = dur
+
+
 def _validate(
     raw: pd.DataFrame,
     source: str,
@@ -467,6 +515,7 @@ def _validate(
     for amt, row, dose in zip(out["AMT"], out["ROW"], is_dose):
         if dose and amt <= 0:
             raise _fail(source, int(row), "AMT", f"dose amount {amt:g} is not positive")
+    _infusions(raw, out, source, is_dose)
     out["CMT"] = raw["CMT"].str.strip() if "CMT" in raw else ""
     for cmt, row, dose in zip(out["CMT"], out["ROW"], is_dose):
         if dose and cmt == "":

@@ -153,6 +153,39 @@ class Switch:
 
 
 @dataclass(frozen=True)
+class Event:
+    """A discrete change of states when ``trigger`` goes from false to true (SBML events).
+
+    ``trigger`` is a sympy relation (or And/Or/Not of relations) of time, states,
+    parameters, switches and expressions. ``assignments`` are ``(state, new value)``
+    pairs, all evaluated before any is applied. ``initial_value`` is the trigger's value
+    just before the start: with ``False`` an event whose trigger is true at the start
+    fires there. A trigger ``t >= T`` (or ``t > T``) with ``T`` a function of the
+    parameters is a *time event*: it fires at ``T`` without root-finding.
+    """
+
+    name: str
+    trigger: sp.Basic
+    assignments: tuple[tuple[str, sp.Expr], ...]
+    initial_value: bool = True
+    description: str = ""
+
+    @property
+    def time(self) -> sp.Expr | None:
+        """``T`` of a time event, else None."""
+        trig = self.trigger
+        if isinstance(trig, (sp.GreaterThan, sp.StrictGreaterThan)):
+            lhs, rhs = trig.lhs, trig.rhs
+        elif isinstance(trig, (sp.LessThan, sp.StrictLessThan)):
+            lhs, rhs = trig.rhs, trig.lhs
+        else:
+            return None
+        if lhs == t and t not in rhs.free_symbols:
+            return rhs
+        return None
+
+
+@dataclass(frozen=True)
 class Term:
     """One additive term of a state's derivative, with an optional label (for docs)."""
 
@@ -237,6 +270,7 @@ class ModelBuilder:
         self._expressions: dict[str, Expression] = {}
         self._observables: dict[str, Observable] = {}
         self._switches: dict[str, Switch] = {}
+        self._events: dict[str, Event] = {}
         self._terms: dict[str, list[Term]] = {}
         self._parameter_sets: dict[str, dict[str, float]] = {}
         self._parameter_set_notes: dict[str, str] = {}
@@ -251,6 +285,7 @@ class ModelBuilder:
             ("expression", self._expressions),
             ("observable", self._observables),
             ("switch", self._switches),
+            ("event", self._events),
         ):
             if name in table:
                 raise ModelDefinitionError(
@@ -322,6 +357,28 @@ class ModelBuilder:
         self._claim("switch", name)
         self._switches[name] = Switch(name, sp.sympify(at), description)
         return sp.Symbol(name, real=True)
+
+    def event(
+        self,
+        name: str,
+        trigger: sp.Basic,
+        assignments: Mapping[str, sp.Expr | float],
+        initial_value: bool = True,
+        description: str = "",
+    ) -> None:
+        """Declare an :class:`Event`: when ``trigger`` becomes true, set each state of
+        ``assignments`` to its value (all computed first, then applied)."""
+        self._claim("event", name)
+        trigger = sp.sympify(trigger)
+        if not isinstance(trigger, (sp.core.relational.Relational, sp.logic.boolalg.Boolean)):
+            raise ModelDefinitionError(
+                f"model '{self.name}': event '{name}': trigger {trigger} is not a condition"
+            )
+        pairs = []
+        for state, value in assignments.items():
+            state = self._state_name(state)
+            pairs.append((state, sp.sympify(value)))
+        self._events[name] = Event(name, trigger, tuple(pairs), bool(initial_value), description)
 
     def observable(
         self, name: str, expr: sp.Expr | float, unit: str = "1", description: str = ""
@@ -418,6 +475,10 @@ class ModelBuilder:
             check(f"the time of switch '{sw.name}'", sw.at, param_syms | expr_syms)
         for o in self._observables.values():
             check(f"observable '{o.name}'", o.expr, known | expr_syms)
+        for ev in self._events.values():
+            check(f"the trigger of event '{ev.name}'", ev.trigger, known | expr_syms)
+            for state, value in ev.assignments:
+                check(f"event '{ev.name}' (assignment to {state})", value, known | expr_syms)
         for set_name, values in self._parameter_sets.items():
             for k, v in values.items():
                 if k not in self._parameters:
@@ -449,6 +510,7 @@ class ModelBuilder:
             parameter_set_rows=sets,
             parameter_set_notes=types.MappingProxyType(dict(self._parameter_set_notes)),
             notes=tuple(self.notes),
+            events=tuple(self._events.values()),
         )
 
 
@@ -484,6 +546,7 @@ class Model:
     parameter_set_rows: tuple[tuple[str, tuple[float, ...]], ...] = field(repr=False)
     parameter_set_notes: Mapping[str, str] = field(repr=False)
     notes: tuple[str, ...] = ()
+    events: tuple[Event, ...] = ()
 
     # -- pickling (for worker processes and Dask) ---------------------------------------
     _MAPPINGS = (
@@ -558,6 +621,8 @@ class Model:
         for coll in (self.expressions, self.observables, self.switches):
             for k, v in coll.items():
                 h.update(f"{k}={sp.srepr(getattr(v, 'expr', getattr(v, 'at', None)))}".encode())
+        for ev in self.events:
+            h.update(f"event {ev.name}:{sp.srepr(ev.trigger)}:{ev.assignments}".encode())
         h.update(",".join(self.parameters).encode())
         return h.hexdigest()
 

@@ -37,23 +37,76 @@ _BDF_FAILURES = {
 
 @dataclass(frozen=True)
 class Dose:
-    """A bolus dose: ``amount`` (in the target state's unit) added to ``target`` at ``time``."""
+    """A dose of ``amount`` (in the target state's unit) into ``target`` at ``time``.
+
+    A bolus by default. Give ``rate`` (amount per time unit) or ``duration`` (time units)
+    for a zero-order infusion from ``time`` to ``time + duration``, as NONMEM's ``RATE``
+    (``RATE > 0``) and ``DUR`` (``RATE = -2``) data items; the other one is derived from
+    ``amount = rate * duration``. Giving both requires that identity to hold.
+    """
 
     time: float
     amount: float
     target: str
+    rate: float = 0.0
+    duration: float = 0.0
 
     def __post_init__(self) -> None:
-        for attr in ("time", "amount"):
+        for attr in ("time", "amount", "rate", "duration"):
             value = getattr(self, attr)
-            if not isinstance(value, (int, float, np.floating, np.integer)) or not math.isfinite(
-                value
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float, np.floating, np.integer))
+                or not math.isfinite(value)
             ):
                 raise InputError(f"Dose {attr} {value!r} is not a finite number")
-        if self.amount < 0:
-            raise InputError(f"Dose amount {self.amount:g} is negative")
+            if value < 0 and attr != "time":
+                raise InputError(f"Dose {attr} {value:g} is negative")
         if not isinstance(self.target, str):
             raise InputError(f"Dose target {self.target!r} is not a state name")
+        rate, duration = float(self.rate), float(self.duration)
+        if rate == 0 and duration == 0:
+            return
+        if self.amount == 0:
+            raise InputError("Dose: an infusion (rate or duration given) needs an amount > 0")
+        if rate > 0 and duration > 0:
+            if not math.isclose(rate * duration, self.amount, rel_tol=1e-9):
+                raise InputError(
+                    f"Dose: rate {rate:g} x duration {duration:g} = {rate * duration:g} "
+                    f"is not the amount {self.amount:g}"
+                )
+        elif rate > 0:
+            duration = self.amount / rate
+        else:
+            rate = self.amount / duration
+        object.__setattr__(self, "rate", rate)
+        object.__setattr__(self, "duration", duration)
+
+    @property
+    def is_infusion(self) -> bool:
+        return self.duration > 0
+
+    @property
+    def end(self) -> float:
+        """When the dose has entered completely (``time`` for a bolus)."""
+        return self.time + self.duration
+
+
+def dose_events(doses: Iterable[Dose], index: Mapping[str, int]) -> dict[float, list]:
+    """``{time: [(state index, bolus amount, change of infusion rate), ...]}``.
+
+    A bolus adds its amount at its time; an infusion raises the input rate of its target
+    at its start and lowers it again at its end. Integration restarts at every key.
+    """
+    events: dict[float, list] = {}
+    for d in doses:
+        i = index[d.target]
+        if d.is_infusion:
+            events.setdefault(float(d.time), []).append((i, 0.0, d.rate))
+            events.setdefault(float(d.end), []).append((i, 0.0, -d.rate))
+        else:
+            events.setdefault(float(d.time), []).append((i, float(d.amount), 0.0))
+    return dict(sorted(events.items()))
 
 
 @dataclass(frozen=True)
@@ -108,8 +161,13 @@ def _bdf_failure(compiled: CompiledModel, status: int) -> str:
     return _BDF_FAILURES.get(code, f"BDF status {status}")
 
 
-def _bdf_segment(compiled: CompiledModel, options: SolverOptions, y0, t0: float, grid, p, sw, pidx):
-    """One call of the generated, compiled BDF integrator: ``(Y, status, t_reached)``."""
+def _bdf_segment(
+    compiled: CompiledModel, options: SolverOptions, y0, t0: float, grid, p, sw, pidx, u
+):
+    """One call of the generated, compiled BDF integrator: ``(Y, status, t_reached)``.
+
+    ``u`` is the infusion input (amount per time unit) added to each state's derivative.
+    """
     o = options
     Y, status, reached, _ = compiled.bdf_segment(
         y0,
@@ -118,6 +176,7 @@ def _bdf_segment(compiled: CompiledModel, options: SolverOptions, y0, t0: float,
         p,
         sw,
         pidx,
+        u,
         o.rtol,
         o.atol,
         o.sensitivity_error_control,
@@ -234,7 +293,15 @@ class _Integrator:
             self.model.name, time, dict(zip(self.model.parameters, self.p)), reason
         )
 
-    def _odeint(self, y0: np.ndarray, grid: np.ndarray, sw: np.ndarray):
+    def _with_input(self, func, u: np.ndarray, size: int):
+        """``func`` plus the infusion input ``u`` on the states (sensitivities unchanged)."""
+        if not u.any():
+            return func
+        pad = np.zeros(size)
+        pad[: self.n] = u
+        return lambda y, t, *args: func(y, t, *args) + pad
+
+    def _odeint(self, y0: np.ndarray, grid: np.ndarray, sw: np.ndarray, u: np.ndarray):
         """One LSODA call (scipy odeint) with the analytic (banded, for sensitivities) Jacobian."""
         from scipy.integrate import ODEintWarning, odeint  # loaded only when used
 
@@ -244,6 +311,7 @@ class _Integrator:
             band = {"ml": self.n - 1, "mu": self.n - 1}
         else:
             func, jac, args, band = c.rhs, c.jac_solver, (self.p, sw), {}
+        func = self._with_input(func, u, len(y0))
         # A failed odeint call also warns; the caller raises a SimulationError instead.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ODEintWarning)
@@ -262,19 +330,23 @@ class _Integrator:
                 **band,
             )
 
-    def segment(self, y0: np.ndarray, grid: np.ndarray, sw: np.ndarray) -> np.ndarray:
-        """Integrate from grid[0] over grid; returns (len(grid), len(y0))."""
+    def segment(
+        self, y0: np.ndarray, grid: np.ndarray, sw: np.ndarray, u: np.ndarray
+    ) -> np.ndarray:
+        """Integrate from grid[0] over grid with infusion input ``u``; (len(grid), len(y0))."""
+        if self.n == 0:  # nothing to integrate (a model of parameters and expressions only)
+            return np.repeat(y0[None, :], len(grid), axis=0)
         try:
             with np.errstate(all="ignore"):
                 if self.options.method == "BDF":
-                    Y = self._bdf(y0, grid, sw)
+                    Y = self._bdf(y0, grid, sw, u)
                 elif self.options.method == "LSODA":
-                    Y, info = self._odeint(y0, grid, sw)
+                    Y, info = self._odeint(y0, grid, sw, u)
                     if info["message"] != "Integration successful.":
-                        reached = self._time_reached(y0, grid, sw)
+                        reached = self._time_reached(y0, grid, sw, u)
                         raise self.fail(reached, f"LSODA: {info['message']}")
                 else:
-                    Y = self._solve_ivp(y0, grid, sw)
+                    Y = self._solve_ivp(y0, grid, sw, u)
         except SimulationError:
             raise
         except (ArithmeticError, ValueError, FloatingPointError) as exc:
@@ -286,10 +358,10 @@ class _Integrator:
             raise self.fail(grid[bad], "non-finite state values")
         return Y
 
-    def _bdf(self, y0: np.ndarray, grid: np.ndarray, sw: np.ndarray) -> np.ndarray:
+    def _bdf(self, y0: np.ndarray, grid: np.ndarray, sw: np.ndarray, u: np.ndarray) -> np.ndarray:
         """One call of the generated, compiled BDF integrator."""
         Y, status, reached = _bdf_segment(
-            self.c, self.options, y0, grid[0], grid, self.p, sw, self.pidx
+            self.c, self.options, y0, grid[0], grid, self.p, sw, self.pidx, u
         )
         if status:
             raise self.fail(float(reached), _bdf_failure(self.c, status))
@@ -304,10 +376,12 @@ class _Integrator:
         atol[: self.n] = o.atol
         return atol
 
-    def _time_reached(self, y0: np.ndarray, grid: np.ndarray, sw: np.ndarray) -> float:
+    def _time_reached(
+        self, y0: np.ndarray, grid: np.ndarray, sw: np.ndarray, u: np.ndarray
+    ) -> float:
         """Where LSODA gave up: rerun on a fine grid (only after a failure) and read tcur."""
         fine = np.unique(np.concatenate((grid, np.linspace(grid[0], grid[-1], 2001))))
-        _, info = self._odeint(y0, fine, sw)
+        _, info = self._odeint(y0, fine, sw, u)
         # tcur[i] is the internal time reached for output i + 1; after the failure it holds
         # garbage, so keep the prefix where it passed its output time.
         tcur = np.asarray(info["tcur"], dtype=float)
@@ -316,7 +390,9 @@ class _Integrator:
         n_ok = len(good) if good.all() else int(np.argmin(good))
         return float(tout[n_ok - 1]) if n_ok else float(grid[0])
 
-    def _solve_ivp(self, y0: np.ndarray, grid: np.ndarray, sw: np.ndarray) -> np.ndarray:
+    def _solve_ivp(
+        self, y0: np.ndarray, grid: np.ndarray, sw: np.ndarray, u: np.ndarray
+    ) -> np.ndarray:
         from scipy.integrate import solve_ivp
 
         o = self.options
@@ -326,6 +402,7 @@ class _Integrator:
             func, args = c.sens_rhs, (self.p, sw, self.pidx)
         else:
             func, args = c.rhs, (self.p, sw)
+        func = self._with_input(func, u, len(y0))
         nblocks = len(y0) // n
 
         def jac(t, y):
@@ -348,6 +425,94 @@ class _Integrator:
                 float(sol.t[-1]) if sol.t.size else grid[0], f"{o.method}: {sol.message}"
             )
         return sol.y.T
+
+    def segment_events(
+        self, y0: np.ndarray, grid: np.ndarray, sw: np.ndarray, u: np.ndarray, events
+    ) -> np.ndarray:
+        """:meth:`segment` for a model with state events: step with scipy's solver
+        (``LSODA``, or the chosen solve_ivp method), check the triggers after every step,
+        locate a rising trigger by bisection on the dense output, fire, restart there.
+        An output at an event time is the value after the event."""
+        from scipy.integrate import DOP853, LSODA, RK45, Radau
+
+        o, c, n = self.options, self.c, self.n
+        solver_class = {"Radau": Radau, "RK45": RK45, "DOP853": DOP853}.get(o.method, LSODA)
+        args = (self.p, sw, self.pidx) if self.n_sens else (self.p, sw)
+        func = self._with_input(c.sens_rhs if self.n_sens else c.rhs, u, len(y0))
+        Y = np.empty((len(grid), len(y0)))
+        Y[0] = y0
+        filled, y, t_now, t_end = 1, np.array(y0, dtype=float), float(grid[0]), float(grid[-1])
+
+        def f_of(x):
+            return c.rhs(x, t_star, self.p, sw) + u
+
+        def fill(upto: float, dense, include_end: bool, y_end):
+            nonlocal filled
+            while filled < len(grid) and (
+                grid[filled] < upto or (include_end and grid[filled] == upto)
+            ):
+                Y[filled] = y_end if grid[filled] == upto else dense(grid[filled])
+                filled += 1
+
+        while t_now < t_end:
+            solver = solver_class(
+                lambda tt, yy: func(yy, tt, *args), t_now, y, t_end, rtol=o.rtol,
+                atol=self.atol(len(y)), max_step=o.max_step or np.inf,
+            )  # fmt: skip
+            fired = False
+            steps = 0
+            while solver.status == "running":
+                message = solver.step()
+                steps += 1
+                if solver.status == "failed" or steps > o.max_steps:
+                    raise self.fail(float(solver.t), f"{o.method}: {message or 'too many steps'}")
+                t_old, t_new, dense = float(solver.t_old), float(solver.t), solver.dense_output()
+                rising = [
+                    k for k in events.state_events
+                    if not events.truth[k] and events.trigger(k, t_new, solver.y, sw)
+                ]  # fmt: skip
+                for k in events.state_events:  # triggers that fell are armed again
+                    if events.truth[k] and not events.trigger(k, t_new, solver.y, sw):
+                        events.truth[k] = False
+                if not rising:
+                    fill(t_new, dense, True, solver.y)
+                    continue
+                # earliest rise, to machine precision: lo false, hi true
+                t_star = t_new
+                for k in rising:
+                    lo, hi = t_old, t_star
+                    if events.trigger(k, lo, dense(lo), sw):
+                        continue
+                    while True:
+                        mid = 0.5 * (lo + hi)
+                        if mid <= lo or mid >= hi:
+                            break
+                        if events.trigger(k, mid, dense(mid), sw):
+                            hi = mid
+                        else:
+                            lo = mid
+                    t_star = min(t_star, hi)
+                y_star = solver.y if t_star == t_new else dense(t_star)
+                fill(t_star, dense, False, None)
+                t_before = max(t_old, np.nextafter(t_star, -np.inf))
+                y_before = dense(t_before)
+                ks = [k for k in rising if events.trigger(k, t_star, y_star, sw)]
+                dtau = {}
+                if self.n_sens:
+                    f_minus = f_of(y_star[:n])
+                    for k in ks:
+                        dtau[k] = events.state_event_dtau(
+                            k, t_star, y_star, sw, f_minus, t_before, y_before[:n]
+                        )
+                y = events.fire(ks, t_star, y_star, sw, f_of, dtau)
+                fill(t_star, None, True, y)
+                t_now, fired = t_star, True
+                break
+            if not fired:
+                y = np.array(solver.y)
+                t_now = t_end
+        fill(t_end, None, True, y)
+        return Y
 
     def switch_jump(
         self, y: np.ndarray, t: float, sw_old: np.ndarray, sw_new: np.ndarray, k: int
@@ -446,44 +611,65 @@ def simulate(
     # Plain Python containers: a population calls this a few times per patient, and numpy
     # calls on arrays of two elements cost more than the loops.
     tau_list = tau.tolist()
-    doses_at: dict[float, list[tuple[int, float]]] = {}
-    for d in doses:
-        doses_at.setdefault(float(d.time), []).append((state_index[d.target], d.amount))
+    doses_at = dose_events(doses, state_index)
+    early = [at for at in doses_at if at < start]
+    if early:
+        raise InputError(
+            f"model '{model.name}': a dose at time {early[0]:g} is before t0={start:g}"
+        )
+    u = np.zeros(n)  # infusion input, amount per time unit
+    events = None
+    if model.events:
+        from pkpd_cart.simulation.events import EventRuntime
 
-    def apply_events(y: np.ndarray, sw: np.ndarray, at: float) -> tuple[np.ndarray, np.ndarray]:
+        events = EventRuntime(model, p, pidx, n_sens)
+
+    def apply_events(
+        y: np.ndarray, sw: np.ndarray, at: float, first: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
         for k, tau_k in enumerate(tau_list):
             if tau_k == at and sw[k] == 0.0:
                 new = sw.copy()
                 new[k] = 1.0
                 y = run.switch_jump(y, at, sw, new, k)
                 sw = new
+        if events is not None:
+            y = _model_events(events, y, sw, at, first, lambda x: compiled.rhs(x, at, p, sw) + u)
         if at in doses_at:
             y = y.copy()
-            for i, amount in doses_at[at]:
+            for i, amount, rate in doses_at[at]:
                 y[i] += amount
+                u[i] += rate
+                if abs(u[i]) <= 1e-12 * abs(rate):  # an infusion ended: no rounding residue
+                    u[i] = 0.0
         return y, sw
 
     out_y = np.empty((len(times), y.size))
     out_sw = np.empty((len(times), len(tau)))
-    y, sw = apply_events(y, sw, start)
+    y, sw = apply_events(y, sw, start, first=True)
+    event_times = events.times.values() if events is not None else ()
     boundaries = sorted(
-        {d.time for d in doses if start < d.time <= t_end}
+        {at for at in doses_at if start < at <= t_end}
         | {float(v) for v in tau if start < v <= t_end}
+        | {v for v in event_times if start < v <= t_end}
         | {t_end}
     )
+    state_events = events is not None and bool(events.state_events)
     current = start
     for b in boundaries:
         lo = np.searchsorted(times, current, side="left")
         hi = np.searchsorted(times, b, side="left")  # outputs in [current, b)
         inner = times[lo:hi]
-        if options.method == "BDF":  # takes repeated times and outputs at its start time
+        if options.method == "BDF" or state_events:  # repeated times, output at its start
             grid = np.concatenate(([current], inner, [b]))
             rows = slice(1, 1 + hi - lo)
         else:
             grid = np.unique(np.concatenate(([current], inner, [b])))
             rows = np.searchsorted(grid, inner)
-        if b > current:
-            Y = run.segment(y, grid, sw)
+        if b > current and state_events:
+            Y = run.segment_events(y, grid, sw, u, events)
+        elif b > current:
+            Y = run.segment(y, grid, sw, u)
         else:
             Y = np.repeat(y[None, :], len(grid), axis=0)
         out_y[lo:hi] = Y[rows]
@@ -504,6 +690,30 @@ def simulate(
             np.ascontiguousarray(states), times, p, out_sw, state_sens, pidx
         )
     return Trajectory(model, times, states, observables, out_sw, p, names, state_sens, obs_sens)
+
+
+def _model_events(events, y: np.ndarray, sw: np.ndarray, at: float, first: bool, f_of):
+    """Fire the model events due at a boundary time ``at``: at the start those whose
+    trigger is true there and was false before (``initial_value``), later the time
+    events of ``at``; then any trigger that these changes made rise (a cascade)."""
+    zero = np.zeros(events.n_sens)
+    if first:
+        ks = events.start(at, y, sw)
+        y = events.fire(ks, at, y, sw, f_of, {k: zero for k in ks if events.times.get(k) != at})
+    else:
+        ks = [k for k in events.time_events if events.times[k] == at and not events.truth[k]]
+        y = events.fire(ks, at, y, sw, f_of)
+    for _ in range(100):
+        rising = [
+            k for k in events.state_events if not events.truth[k] and events.trigger(k, at, y, sw)
+        ]
+        if not rising:
+            return y
+        y = events.fire(rising, at, y, sw, f_of, {k: zero for k in rising})
+    raise SimulationError(
+        events.model.name, at, dict(zip(events.model.parameters, events.p)),
+        "events keep triggering each other (more than 100 cascades at one time)",
+    )  # fmt: skip
 
 
 def simulate_batch(
@@ -564,20 +774,20 @@ class BatchRun:
         self.n_sens = len(names)
         index = {name: i for i, name in enumerate(model.states)}
         starts, ends, ev_ptr, ev_t, ev_lo, ev_hi = [], [], [0], [], [], []
-        dose_state, dose_amount, out_ptr, all_times = [], [], [0], []
+        dose_state, dose_amount, dose_rate, out_ptr, all_times = [], [], [], [0], []
         for times, doses in subjects:
             times = np.asarray(times, dtype=float)
             doses = sorted(doses, key=lambda d: d.time)
             start = min([model.start_time, float(times[0])] + [d.time for d in doses])
             starts.append(start)
             ends.append(max(float(times[-1]), start))
-            for at in sorted({float(d.time) for d in doses}):
+            for at, entries in dose_events(doses, index).items():
                 ev_t.append(at)
                 ev_lo.append(len(dose_state))
-                for d in doses:
-                    if d.time == at:
-                        dose_state.append(index[d.target])
-                        dose_amount.append(d.amount)
+                for i, amount, rate in entries:
+                    dose_state.append(i)
+                    dose_amount.append(amount)
+                    dose_rate.append(rate)
                 ev_hi.append(len(dose_state))
             ev_ptr.append(len(ev_t))
             all_times.append(times)
@@ -591,6 +801,7 @@ class BatchRun:
         self.ev_hi = np.asarray(ev_hi, dtype=i64)
         self.dose_state = np.asarray(dose_state, dtype=i64)
         self.dose_amount = np.asarray(dose_amount, dtype=float)
+        self.dose_rate = np.asarray(dose_rate, dtype=float)
         self.row_ptr = np.asarray(out_ptr, dtype=i64)
         self.times = np.concatenate(all_times) if all_times else np.zeros(0)
         self.n_subjects = len(subjects)
@@ -605,7 +816,7 @@ class BatchRun:
         OBS = np.full((rows, self.n_obs), np.nan)
         SENS = np.full((rows, self.n_obs, self.n_sens), np.nan)
         status = np.zeros(self.n_subjects, dtype=np.int64)
-        if o.method != "BDF":  # the other integrators: simulate() subject by subject
+        if o.method != "BDF" or self.model.events:  # simulate() subject by subject
             for s in np.asarray(active, dtype=np.int64):
                 rows_s = slice(self.row_ptr[s], self.row_ptr[s + 1])
                 times, doses = self.subjects[s]
@@ -640,6 +851,7 @@ class BatchRun:
                 self.ev_hi,
                 self.dose_state,
                 self.dose_amount,
+                self.dose_rate,
                 self.row_ptr,
                 self.times,
                 o.rtol,

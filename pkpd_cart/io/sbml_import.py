@@ -1,0 +1,611 @@
+"""SBML import with SBML's own semantics (python-libsbml, the ``sbml`` extra).
+
+libsbml's converters first flatten hierarchical models (``comp``), expand function
+definitions and promote local parameters. Then every SBML quantity becomes one of:
+
+* a **parameter**: constant, with a value (constant parameters, compartments, species
+  and stoichiometries);
+* an **expression**: an assignment rule, a reaction's rate (its id used in formulas), or
+  a constant set by an initial assignment (evaluated once, at the start);
+* a **state**: a rate rule's variable, a species changed by reactions, or anything an
+  event assigns (a constant between events).
+
+Species follow SBML: a species symbol in a formula is its concentration unless
+``hasOnlySubstanceUnits``; reactions change amounts (``d amount/dt = sum(stoichiometry x
+rate x conversion factor)``); boundary and constant species are not changed by reactions.
+A species in a compartment of constant size is integrated as the quantity formulas use
+(concentration = amount / size); in a compartment whose size changes, its amount is the
+state (named ``<id>_amount``), so that a change of size dilutes it as SBML says.
+
+Events keep their SBML meaning: any trigger, several assignments (all computed before any
+is applied, i.e. values from the trigger time), the trigger's initial value, firing at
+the start. Delays, priorities, algebraic rules, fast reactions, ``delay()`` and
+``rateOf()`` are refused in one line naming the element; nothing is imported partially.
+
+:func:`read_sbml` returns an :class:`SbmlModel` whose ``simulate`` gives every SBML
+quantity as amount or concentration; :func:`from_sbml` returns the :class:`Model`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import sympy as sp
+
+from pkpd_cart.errors import InputError, ModelDefinitionError
+from pkpd_cart.io.sbml import ORIGIN_NOTE, _libsbml
+from pkpd_cart.model.modelling import Model, ModelBuilder, t
+
+AVOGADRO = 6.02214179e23  # the value SBML Level 3 fixes for the avogadro csymbol
+UNSUPPORTED_PACKAGES = {
+    "fbc": "flux balance constraints (a steady-state optimisation, not an ODE model)",
+    "qual": "qualitative (logical) models",
+    "spatial": "spatial models",
+    "multi": "multistate species",
+    "distrib": "distributions",
+    "arrays": "arrays",
+    "dyn": "dynamic structures",
+}
+
+
+@dataclass
+class SbmlModel:
+    """An imported SBML model: the :class:`Model` and how to read SBML quantities off it.
+
+    ``quantities`` maps every SBML id (species, compartments, parameters, species
+    references with an id, reactions) to its expression in model symbols; a species'
+    expression is the value formulas use (concentration unless ``hasOnlySubstanceUnits``);
+    ``species`` maps each species to ``(compartment, hasOnlySubstanceUnits)``.
+    """
+
+    model: Model
+    quantities: dict[str, sp.Expr]
+    species: dict[str, tuple[str, bool]]
+    source: str = ""
+    _functions: dict = field(default_factory=dict, repr=False)
+
+    def values(self, trajectory, ids: Iterable[str], amounts: Iterable[str] = ()):
+        """``{id: values over the trajectory's times}``; ids in ``amounts`` (species) as
+        amounts, other species as concentrations."""
+        model = self.model
+        amounts = set(amounts)
+        symbols = [
+            t,
+            *(s.symbol for s in model.states.values()),
+            *(p.symbol for p in model.parameters.values()),
+            *(s.symbol for s in model.switches.values()),
+        ]
+        columns = [
+            trajectory.times,
+            *trajectory.states.T,
+            *(np.full(len(trajectory.times), v) for v in trajectory.parameters),
+            *trajectory.switch_flags.T,
+        ]
+        out = {}
+        for sid in ids:
+            if sid not in self.quantities:
+                raise InputError(f"{self.source}: no SBML quantity '{sid}'")
+            expr = self.quantities[sid]
+            if sid in self.species:
+                compartment, only_substance = self.species[sid]
+                size = self.quantities[compartment]
+                if sid in amounts and not only_substance:
+                    expr = expr * size
+                elif sid not in amounts and only_substance:
+                    expr = expr / size
+            key = (sid, sid in amounts)
+            if key not in self._functions:
+                observables = {o.symbol: o.expr for o in model.observables.values()}
+                expr = model.expand(expr.xreplace(observables))
+                self._functions[key] = sp.lambdify(symbols, expr, "numpy")
+            value = np.asarray(self._functions[key](*columns), dtype=float)
+            out[sid] = np.broadcast_to(value, trajectory.times.shape).copy()
+        return out
+
+    def simulate(self, times, ids: Iterable[str] | None = None, amounts=(), **kwargs):
+        """Simulate (keyword arguments of :func:`pkpd_cart.simulate`) and return a
+        DataFrame with ``time`` and the SBML quantities ``ids`` (default: every species,
+        as concentrations, or as amounts if listed in ``amounts``)."""
+        import pandas as pd
+
+        from pkpd_cart.simulation.solver import simulate
+
+        traj = simulate(self.model, times, **kwargs)
+        ids = list(self.species) if ids is None else list(ids)
+        frame = pd.DataFrame({"time": traj.times})
+        for k, v in self.values(traj, ids, amounts).items():
+            frame[k] = v
+        return frame
+
+
+def from_sbml(path_or_text: str | Path, name: str | None = None) -> Model:
+    """Read an SBML model into a :class:`Model` (see the module docstring)."""
+    return read_sbml(path_or_text, name).model
+
+
+def read_sbml(path_or_text: str | Path, name: str | None = None) -> SbmlModel:
+    """Read an SBML file (or its text) into an :class:`SbmlModel`."""
+    libsbml, doc, where = _read(path_or_text)
+    return _Importer(libsbml, doc.getModel(), where, name).run()
+
+
+# -- reading and converting ------------------------------------------------------------
+def _read(path_or_text: str | Path):
+    libsbml = _libsbml()
+    text = str(path_or_text)
+    if text.lstrip().startswith("<"):
+        doc, where = libsbml.readSBMLFromString(text), "<string>"
+    else:
+        if not Path(text).is_file():
+            raise ModelDefinitionError(f"SBML file '{text}' does not exist")
+        doc, where = libsbml.readSBMLFromFile(text), text
+    _raise_errors(libsbml, doc, where, "invalid SBML")
+    if doc.getModel() is None:
+        raise ModelDefinitionError(f"{where}: no model in the SBML document")
+    for i in range(doc.getNumPlugins()):
+        prefix = doc.getPlugin(i).getPrefix()
+        if prefix in UNSUPPORTED_PACKAGES:
+            raise ModelDefinitionError(
+                f"{where}: uses the SBML package '{prefix}' ({UNSUPPORTED_PACKAGES[prefix]}), "
+                "which pkpd_cart cannot import"
+            )
+    if doc.isPackageEnabled("comp"):
+        _convert(libsbml, doc, where, "flatten comp", "flattening the hierarchical model")
+    _convert(libsbml, doc, where, "expandFunctionDefinitions", "expanding function definitions")
+    _convert(libsbml, doc, where, "promoteLocalParameters", "promoting local parameters")
+    return libsbml, doc, where
+
+
+def _raise_errors(libsbml, doc, where: str, what: str) -> None:
+    for i in range(doc.getNumErrors()):
+        e = doc.getError(i)
+        if e.getSeverity() >= libsbml.LIBSBML_SEV_ERROR:
+            raise ModelDefinitionError(
+                f"{where}: line {e.getLine()}: {what}: {e.getShortMessage()}"
+            )
+
+
+def _convert(libsbml, doc, where: str, option: str, what: str) -> None:
+    props = libsbml.ConversionProperties()
+    props.addOption(option, True)
+    if option == "flatten comp":
+        props.addOption("leavePorts", False)
+    code = doc.convert(props)
+    if code != libsbml.LIBSBML_OPERATION_SUCCESS:
+        detail = ""
+        for i in range(doc.getNumErrors()):
+            if doc.getError(i).getSeverity() >= libsbml.LIBSBML_SEV_ERROR:
+                detail = ": " + doc.getError(i).getShortMessage()
+                break
+        raise ModelDefinitionError(f"{where}: libsbml failed {what} (code {code}){detail}")
+
+
+def _origin(m) -> float:
+    notes = m.getNotesString() if m.isSetNotes() else ""
+    if ORIGIN_NOTE in notes:
+        try:
+            return float(notes.split(ORIGIN_NOTE, 1)[1].split(";", 1)[0].strip())
+        except ValueError:
+            return 0.0
+    return 0.0
+
+
+def _unit_of(element) -> str:
+    notes = element.getNotesString() if element is not None and element.isSetNotes() else ""
+    if "unit: " in notes:
+        return notes.split("unit: ", 1)[1].split(" ", 1)[0].split("<", 1)[0]
+    return "1"
+
+
+def _piecewise(*args):
+    pairs = [(args[i], args[i + 1]) for i in range(0, len(args) - 1, 2)]
+    pairs.append((args[-1], True) if len(args) % 2 else (sp.nan, True))
+    return sp.Piecewise(*pairs)
+
+
+def _log(*args):
+    return sp.log(args[0]) if len(args) == 1 else sp.log(args[1], args[0])
+
+
+def _root(*args):
+    return sp.sqrt(args[0]) if len(args) == 1 else args[1] ** (1 / sp.sympify(args[0]))
+
+
+_FUNCTIONS = {
+    "ln": sp.log, "log": _log, "log10": lambda x: sp.log(x, 10), "pow": sp.Pow,
+    "power": sp.Pow, "root": _root, "sqrt": sp.sqrt, "exp": sp.exp, "abs": sp.Abs,
+    "max": sp.Max, "min": sp.Min, "piecewise": _piecewise, "floor": sp.floor,
+    "ceil": sp.ceiling, "ceiling": sp.ceiling, "factorial": lambda x: sp.gamma(x + 1),
+    "sin": sp.sin, "cos": sp.cos, "tan": sp.tan, "sec": sp.sec, "csc": sp.csc, "cot": sp.cot,
+    "sinh": sp.sinh, "cosh": sp.cosh, "tanh": sp.tanh, "sech": sp.sech, "csch": sp.csch,
+    "coth": sp.coth, "asin": sp.asin, "acos": sp.acos, "atan": sp.atan, "asec": sp.asec,
+    "acsc": sp.acsc, "acot": sp.acot, "arcsin": sp.asin, "arccos": sp.acos,
+    "arctan": sp.atan, "arcsec": sp.asec, "arccsc": sp.acsc, "arccot": sp.acot,
+    "asinh": sp.asinh, "acosh": sp.acosh, "atanh": sp.atanh, "arcsinh": sp.asinh,
+    "arccosh": sp.acosh, "arctanh": sp.atanh, "asech": sp.asech, "acsch": sp.acsch,
+    "acoth": sp.acoth, "arcsech": sp.asech, "arccsch": sp.acsch, "arccoth": sp.acoth,
+    "true": sp.true, "false": sp.false, "pi": sp.pi, "exponentiale": sp.E,
+    "INF": sp.oo, "NaN": sp.nan, "avogadro": sp.Float(AVOGADRO),
+    "xor": sp.Xor, "implies": sp.Implies, "eq": sp.Eq, "neq": sp.Ne,
+    "quotient": lambda a, b: sp.floor(a / b) * 1, "rem": lambda a, b: a - b * sp.floor(a / b),
+}  # fmt: skip
+_REFUSED_NODES = ("AST_FUNCTION_DELAY", "AST_FUNCTION_RATE_OF")
+
+
+class _Importer:
+    def __init__(self, libsbml, m, where: str, name: str | None):
+        self.lib, self.m, self.where = libsbml, m, where
+        self.name = name or m.getId() or "sbml_model"
+        self.origin = _origin(m)
+
+    # -- math --------------------------------------------------------------------------
+    def math(self, node, element: str) -> sp.Expr:
+        """sympy expression of an SBML math node (SBML time = model time - origin)."""
+        lib = self.lib
+        if node is None:
+            raise ModelDefinitionError(f"{self.where}: {element} has no math")
+        for bad in _REFUSED_NODES:
+            if _has_node(node, getattr(lib, bad)):
+                what = "delay()" if "DELAY" in bad else "rateOf()"
+                raise ModelDefinitionError(
+                    f"{self.where}: {element} uses {what}, which pkpd_cart cannot represent"
+                )
+        text = lib.formulaToL3String(node)
+        text = text.replace("&&", "&").replace("||", "|").replace("!=", " neqop ")
+        text = re.sub(r"(?<![<>=!])=(?!=)", "==", text)  # L3 has no '=', only '=='
+        text = text.replace(" neqop ", "!=")
+        local = dict(_FUNCTIONS)
+        local["time"] = t - self.origin
+        for ident in set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text)):
+            if ident not in local:
+                local[ident] = sp.Symbol(ident, real=True)
+        text = text.replace("^", "**")
+        text = re.sub(r"(?<![=!<>])!(?!=)", "~", text)
+        try:
+            expr = sp.sympify(text, locals=local)
+        except Exception as exc:  # noqa: BLE001 - sympy raises many kinds; one line here
+            raise ModelDefinitionError(
+                f"{self.where}: {element}: cannot read its math {text!r} ({type(exc).__name__})"
+            ) from None
+        return expr
+
+    # -- the import --------------------------------------------------------------------
+    def run(self) -> SbmlModel:
+        m, where = self.m, self.where
+        self.refuse_unsupported()
+        self.rate_rules = {}
+        self.assignment_rules = {}
+        for i in range(m.getNumRules()):
+            rule = m.getRule(i)
+            var = rule.getVariable()
+            what = f"{'rate' if rule.isRate() else 'assignment'} rule of '{var}'"
+            (self.rate_rules if rule.isRate() else self.assignment_rules)[var] = self.math(
+                rule.getMath(), what
+            )
+        self.initial = {
+            ia.getSymbol(): self.math(ia.getMath(), f"initial assignment of '{ia.getSymbol()}'")
+            for ia in m.getListOfInitialAssignments()
+        }
+        self.event_targets = {
+            ea.getVariable() for ev in m.getListOfEvents() for ea in ev.getListOfEventAssignments()
+        }
+        self.compartments = {c.getId(): c for c in m.getListOfCompartments()}
+        self.species = {s.getId(): s for s in m.getListOfSpecies()}
+        self.references = {}
+        for r in m.getListOfReactions():
+            for ref in (*r.getListOfReactants(), *r.getListOfProducts()):
+                if ref.isSetId() and ref.getId():
+                    self.references[ref.getId()] = ref
+        self.reaction_rates = {}
+        for r in m.getListOfReactions():
+            law = r.getKineticLaw()
+            if law is None or law.getMath() is None:
+                raise ModelDefinitionError(f"{where}: reaction '{r.getId()}' has no kinetic law")
+            self.reaction_rates[r.getId()] = self.math(law.getMath(), f"reaction '{r.getId()}'")
+        changes = self.species_changes()
+        b = ModelBuilder(
+            self.name,
+            description=m.getName() or "",
+            reference=f"imported from SBML {where}",
+            start_time=self.origin,
+        )
+        quantities: dict[str, sp.Expr] = {}
+        expressions: dict[str, sp.Expr] = dict(self.assignment_rules)
+        expressions.update(self.reaction_rates)
+        states: dict[str, sp.Expr] = {}  # state name -> derivative
+        initial: dict[str, sp.Expr] = {}  # state name -> initial value (any symbols)
+        parameters: dict[str, float] = {}
+        amount_states: dict[str, str] = {}  # species -> its amount state
+        once: list[str] = []  # constants set by an initial assignment
+        constant_size = {c: self.constant_size(c) for c in self.compartments}
+
+        def element_value(sid):
+            """The declared value of a quantity (species: in formula units)."""
+            if sid in self.species:
+                s = self.species[sid]
+                c = sp.Symbol(s.getCompartment(), real=True)
+                if s.isSetInitialAmount():
+                    amount = sp.Float(s.getInitialAmount())
+                    return amount if s.getHasOnlySubstanceUnits() else amount / c
+                if s.isSetInitialConcentration():
+                    conc = sp.Float(s.getInitialConcentration())
+                    return conc * c if s.getHasOnlySubstanceUnits() else conc
+                return None
+            if sid in self.compartments:
+                c = self.compartments[sid]
+                if c.isSetSize():
+                    return sp.Float(c.getSize())
+                # a 0-D compartment has no size: its species are amounts (size 1 here)
+                return sp.Integer(1) if c.getSpatialDimensions() == 0 else None
+            if sid in self.references:
+                ref = self.references[sid]
+                return sp.Float(ref.getStoichiometry()) if ref.isSetStoichiometry() else None
+            p = m.getParameter(sid)
+            return sp.Float(p.getValue()) if p is not None and p.isSetValue() else None
+
+        ids = [
+            *(p.getId() for p in m.getListOfParameters()),
+            *self.compartments,
+            *self.species,
+            *self.references,
+        ]
+        for sid in ids:
+            sym = sp.Symbol(sid, real=True)
+            quantities[sid] = sym
+            if sid in self.assignment_rules:
+                continue
+            start_value = self.initial.get(sid, element_value(sid))
+            if sid in self.rate_rules:
+                states[sid] = self.rate_rules[sid]
+            elif sid in changes:
+                compartment = self.species[sid].getCompartment()
+                only_substance = self.species[sid].getHasOnlySubstanceUnits()
+                c = sp.Symbol(compartment, real=True)
+                if only_substance or constant_size[compartment]:
+                    states[sid] = changes[sid] if only_substance else changes[sid] / c
+                else:  # the amount is the state; formulas use amount / size
+                    amount = f"{sid}_amount"
+                    amount_states[sid] = amount
+                    states[amount] = changes[sid]
+                    initial[amount] = (start_value if start_value is not None else sp.nan) * c
+                    expressions[sid] = sp.Symbol(amount, real=True) / c
+                    continue
+            elif sid in self.event_targets:
+                states[sid] = sp.Integer(0)
+            elif sid in self.initial:  # a constant computed once, at the start
+                expressions[sid] = self.initial[sid]
+                once.append(sid)
+                continue
+            else:
+                if start_value is None or not start_value.is_number:
+                    if start_value is None:
+                        raise ModelDefinitionError(
+                            f"{where}: '{sid}' has no value and no rule or initial assignment"
+                        )
+                    expressions[sid] = start_value
+                    continue
+                value = float(start_value)
+                if math.isnan(value):
+                    raise ModelDefinitionError(f"{where}: '{sid}' has no finite value")
+                parameters[sid] = value
+                continue
+            if start_value is None:
+                raise ModelDefinitionError(
+                    f"{where}: '{sid}' has no initial value and no initial assignment"
+                )
+            initial[sid] = start_value
+        for rid in self.reaction_rates:
+            quantities[rid] = sp.Symbol(rid, real=True)
+
+        # initial values in parameters only: states and expressions at the start
+        at_start = {sp.Symbol(k, real=True): v for k, v in initial.items()}
+        at_start.update({sp.Symbol(k, real=True): v for k, v in expressions.items()})
+        for k, v in list(initial.items()):
+            initial[k] = self.resolve(v, at_start, k)
+        for k in once:
+            expressions[k] = self.resolve(expressions[k], at_start, k)
+
+        for sid, value in parameters.items():
+            element = m.getElementBySId(sid)
+            b.parameter(
+                sid, value, _unit_of(element), lower=-math.inf, scale="linear",
+                description=(element.getName() if element is not None else "") or "",
+                source=f"SBML {where}",
+            )  # fmt: skip
+        used = self.used_symbols(states, expressions, initial)
+        order = _dependency_order(expressions, where)
+        observables = [v for v in self.assignment_rules if v not in used]
+        for v in order:
+            if v not in observables:
+                b.expression(v, expressions[v], _unit_of(m.getElementBySId(v)))
+        for sid, derivative in states.items():
+            element = m.getElementBySId(sid)
+            b.state(sid, _unit_of(element), initial=initial[sid])
+            b.add_term(sid, derivative)
+        self.add_events(b, amount_states)
+        for v in observables:
+            b.observable(v, expressions[v], _unit_of(m.getElementBySId(v)))
+        try:
+            model = b.build()
+        except ModelDefinitionError as exc:
+            raise ModelDefinitionError(f"{where}: {exc}") from None
+        species = {
+            sid: (s.getCompartment(), bool(s.getHasOnlySubstanceUnits()))
+            for sid, s in self.species.items()
+        }
+        return SbmlModel(model, quantities, species, where)
+
+    # -- pieces ------------------------------------------------------------------------
+    def refuse_unsupported(self) -> None:
+        m, where = self.m, self.where
+        for i in range(m.getNumRules()):
+            if m.getRule(i).isAlgebraic():
+                raise ModelDefinitionError(
+                    f"{where}: algebraic rule {i + 1} cannot be represented (pkpd_cart "
+                    "models are ODEs)"
+                )
+        for r in m.getListOfReactions():
+            if r.isSetFast() and r.getFast():
+                raise ModelDefinitionError(
+                    f"{where}: reaction '{r.getId()}' is fast, which pkpd_cart cannot represent"
+                )
+        for ev in m.getListOfEvents():
+            if ev.isSetDelay():
+                raise ModelDefinitionError(
+                    f"{where}: event '{ev.getId()}' has a delay, which pkpd_cart cannot represent"
+                )
+            if ev.isSetPriority():
+                raise ModelDefinitionError(
+                    f"{where}: event '{ev.getId()}' has a priority, which pkpd_cart cannot "
+                    "represent"
+                )
+            if ev.getTrigger() is None or ev.getTrigger().getMath() is None:
+                raise ModelDefinitionError(f"{where}: event '{ev.getId()}' has no trigger")
+
+    def constant_size(self, cid: str) -> bool:
+        """Whether compartment ``cid`` keeps its size (no rule changes it, no event)."""
+        return not (
+            cid in self.rate_rules or cid in self.assignment_rules or cid in self.event_targets
+        )
+
+    def species_changes(self) -> dict[str, sp.Expr]:
+        """d(amount)/dt of each species that reactions change."""
+        m = self.m
+        changes: dict[str, sp.Expr] = {}
+        default_factor = m.getConversionFactor() if m.isSetConversionFactor() else ""
+        for r in m.getListOfReactions():
+            rate = sp.Symbol(r.getId(), real=True)
+            for refs, sign in ((r.getListOfReactants(), -1), (r.getListOfProducts(), 1)):
+                for ref in refs:
+                    sid = ref.getSpecies()
+                    s = self.species.get(sid)
+                    if s is None:
+                        raise ModelDefinitionError(
+                            f"{self.where}: reaction '{r.getId()}' names unknown species '{sid}'"
+                        )
+                    if s.getBoundaryCondition() or s.getConstant():
+                        continue
+                    if sid in self.rate_rules or sid in self.assignment_rules:
+                        raise ModelDefinitionError(
+                            f"{self.where}: species '{sid}' is changed by reaction "
+                            f"'{r.getId()}' and by a rule"
+                        )
+                    if ref.isSetId() and ref.getId():
+                        stoich = sp.Symbol(ref.getId(), real=True)
+                    else:
+                        stoich = sp.Float(ref.getStoichiometry()) if ref.isSetStoichiometry() else 1
+                    factor = (
+                        s.getConversionFactor() if s.isSetConversionFactor() else default_factor
+                    )
+                    term = sign * stoich * rate
+                    if factor:
+                        term = term * sp.Symbol(factor, real=True)
+                    changes[sid] = changes.get(sid, sp.Integer(0)) + term
+        return changes
+
+    def resolve(self, expr: sp.Expr, at_start: dict, what: str) -> sp.Expr:
+        """Substitute states and expressions by their start values until only parameters
+        (and numbers) are left."""
+        for _ in range(50):
+            new = expr.xreplace(at_start)
+            if new == expr:
+                return new.xreplace({t: sp.Float(self.origin)})
+            expr = new.xreplace({t: sp.Float(self.origin)})
+        raise ModelDefinitionError(
+            f"{self.where}: the initial value of '{what}' depends on itself (a cycle)"
+        )
+
+    def used_symbols(self, states, expressions, initial) -> set[str]:
+        used: set[str] = set()
+        for e in (*states.values(), *initial.values()):
+            used |= {str(s) for s in e.free_symbols}
+        for k, e in expressions.items():
+            if k not in self.assignment_rules:
+                used |= {str(s) for s in e.free_symbols}
+        # assignment rules used by other assignment rules, events or states
+        changed = True
+        rules = {k: e for k, e in expressions.items() if k in self.assignment_rules}
+        used |= self.event_symbols()
+        while changed:
+            changed = False
+            for k, e in rules.items():
+                if k in used:
+                    for s in e.free_symbols:
+                        if str(s) not in used:
+                            used.add(str(s))
+                            changed = True
+        return used
+
+    def event_symbols(self) -> set[str]:
+        out: set[str] = set()
+        for i, ev in enumerate(self.m.getListOfEvents()):
+            name = ev.getId() or f"event_{i + 1}"
+            out |= {str(s) for s in self.math(ev.getTrigger().getMath(), name).free_symbols}
+            for ea in ev.getListOfEventAssignments():
+                out |= {str(s) for s in self.math(ea.getMath(), name).free_symbols}
+        return out
+
+    def add_events(self, b: ModelBuilder, amount_states: dict[str, str]) -> None:
+        for i, ev in enumerate(self.m.getListOfEvents()):
+            name = ev.getId() or f"event_{i + 1}"
+            element = f"event '{name}'"
+            trigger = self.math(ev.getTrigger().getMath(), element)
+            if not isinstance(trigger, sp.logic.boolalg.Boolean):
+                raise ModelDefinitionError(
+                    f"{self.where}: {element}: trigger {trigger} is not a condition"
+                )
+            assignments = {}
+            for ea in ev.getListOfEventAssignments():
+                var = ea.getVariable()
+                value = self.math(ea.getMath(), element)
+                if var in amount_states:  # assigned a concentration; the state is the amount
+                    c = self.species[var].getCompartment()
+                    var, value = amount_states[var], value * sp.Symbol(c, real=True)
+                assignments[var] = value
+            trig = ev.getTrigger()
+            initial_value = trig.getInitialValue() if trig.isSetInitialValue() else True
+            if not assignments:
+                continue  # an event that changes nothing
+            b.event(name, trigger, assignments, initial_value=bool(initial_value))
+
+
+def _has_node(node, node_type) -> bool:
+    if node.getType() == node_type:
+        return True
+    return any(_has_node(node.getChild(i), node_type) for i in range(node.getNumChildren()))
+
+
+def _dependency_order(exprs: dict[str, sp.Expr], where: str) -> list[str]:
+    order: list[str] = []
+    state: dict[str, int] = {}
+
+    def visit(v, path):
+        if state.get(v) == 2:
+            return
+        if state.get(v) == 1:
+            raise ModelDefinitionError(
+                f"{where}: '{v}' is defined in terms of itself ({' -> '.join([*path, v])})"
+            )
+        state[v] = 1
+        for s in sorted(exprs[v].free_symbols, key=str):
+            if str(s) in exprs:
+                visit(str(s), [*path, v])
+        state[v] = 2
+        order.append(v)
+
+    for v in exprs:
+        visit(v, [])
+    return order
+
+
+def sbml_doses(path_or_text: str | Path):
+    """Removed: :func:`from_sbml` keeps an SBML file's dose events in the model."""
+    raise ModelDefinitionError(
+        "sbml_doses() is gone: from_sbml() now keeps dose events with the model, so "
+        "passing them again would dose twice"
+    )
