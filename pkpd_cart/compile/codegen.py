@@ -91,6 +91,16 @@ def real_powers(expr: sp.Expr) -> sp.Expr:
     return expr.replace(lambda e: e.is_Pow and not e.exp.is_Integer, lambda e: FPow(e.base, e.exp))
 
 
+# math functions that raise ValueError outside their domain in plain Python
+_DOMAIN_LIMITED = {
+    "atanh": "atanh",
+    "acosh": "acosh",
+    "asin": "asin",
+    "acos": "acos",
+    "gamma": "gamma",
+}
+
+
 class _Printer(PythonCodePrinter):
     """Python printer whose output is also valid numba: no complex powers, no exceptions."""
 
@@ -147,6 +157,15 @@ class _Printer(PythonCodePrinter):
         if expr.args[0] == 0:
             return f"_digamma({self._print(expr.args[1])})"
         return self._print_not_supported(expr)
+
+    def _print_Function(self, expr):
+        name = type(expr).__name__
+        if name in _DOMAIN_LIMITED:  # nan outside the domain, as numba, not ValueError
+            return f"_{name}({self._print(expr.args[0])})"
+        return super()._print_Function(expr)
+
+    _print_atanh = _print_acosh = _print_asin = _print_acos = _print_Function
+    _print_acoth = _print_gamma = _print_Function
 
     def _print_Float(self, expr):
         return repr(float(expr))
@@ -236,6 +255,42 @@ def _digamma(x):
     f = 1.0 / (x * x)
     series = f * (1.0 / 12 - f * (1.0 / 120 - f * (1.0 / 252 - f * (1.0 / 240 - f / 132))))
     return acc + math.log(x) - 0.5 / x - series
+
+
+@_jit
+def _atanh(x):
+    try:
+        return math.atanh(x)
+    except Exception:  # numba: never raised
+        return math.nan
+
+@_jit
+def _acosh(x):
+    try:
+        return math.acosh(x)
+    except Exception:  # numba: never raised
+        return math.nan
+
+@_jit
+def _asin(x):
+    try:
+        return math.asin(x)
+    except Exception:  # numba: never raised
+        return math.nan
+
+@_jit
+def _acos(x):
+    try:
+        return math.acos(x)
+    except Exception:  # numba: never raised
+        return math.nan
+
+@_jit
+def _gamma(x):
+    try:
+        return math.gamma(x)
+    except Exception:  # numba: never raised
+        return math.nan
 
 
 @_jit

@@ -229,8 +229,8 @@ _FUNCTIONS = {
     "asinh": sp.asinh, "acosh": sp.acosh, "atanh": sp.atanh, "arcsinh": sp.asinh,
     "arccosh": sp.acosh, "arctanh": sp.atanh, "asech": sp.asech, "acsch": sp.acsch,
     "acoth": sp.acoth, "arcsech": sp.asech, "arccsch": sp.acsch, "arccoth": sp.acoth,
-    "true": sp.true, "false": sp.false, "pi": sp.pi, "exponentiale": sp.E,
-    "INF": sp.oo, "NaN": sp.nan, "avogadro": sp.Float(AVOGADRO),
+    "__sbml_true__": sp.true, "__sbml_false__": sp.false, "__sbml_pi__": sp.pi,
+    "__sbml_e__": sp.E, "__sbml_avogadro__": sp.Float(AVOGADRO), "INF": sp.oo, "NaN": sp.nan,
     "xor": sp.Xor, "implies": sp.Implies, "eq": sp.Eq, "neq": sp.Ne,
     "quotient": lambda a, b: sp.floor(a / b) * 1, "rem": lambda a, b: a - b * sp.floor(a / b),
 }  # fmt: skip
@@ -242,10 +242,15 @@ class _Importer:
         self.lib, self.m, self.where = libsbml, m, where
         self.name = name or m.getId() or "sbml_model"
         self.origin = _origin(m)
+        elements = m.getListOfAllElements()
+        self.ids = {
+            e.getId() for e in (elements.get(i) for i in range(elements.getSize())) if e.isSetId()
+        }
 
     # -- math --------------------------------------------------------------------------
-    def math(self, node, element: str) -> sp.Expr:
-        """sympy expression of an SBML math node (SBML time = model time - origin)."""
+    def math(self, node, element: str, condition: bool = False) -> sp.Expr:
+        """sympy expression of an SBML math node (SBML time = model time - origin); a
+        number, or a condition if ``condition`` (SBML lets true/false be 1/0 and back)."""
         lib = self.lib
         if node is None:
             raise ModelDefinitionError(f"{self.where}: {element} has no math")
@@ -255,14 +260,14 @@ class _Importer:
                 raise ModelDefinitionError(
                     f"{self.where}: {element} uses {what}, which pkpd_cart cannot represent"
                 )
+        node = node.deepCopy()
+        _rename_builtins(lib, node)
         text = lib.formulaToL3String(node)
-        text = text.replace("&&", "&").replace("||", "|").replace("!=", " neqop ")
-        text = re.sub(r"(?<![<>=!])=(?!=)", "==", text)  # L3 has no '=', only '=='
-        text = text.replace(" neqop ", "!=")
+        text = text.replace("&&", "&").replace("||", "|")
         local = dict(_FUNCTIONS)
-        local["time"] = t - self.origin
+        local["__sbml_time__"] = t - self.origin
         for ident in set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text)):
-            if ident not in local:
+            if ident not in local or ident in self.ids:  # the model's own ids come first
                 local[ident] = sp.Symbol(ident, real=True)
         text = text.replace("^", "**")
         text = re.sub(r"(?<![=!<>])!(?!=)", "~", text)
@@ -272,7 +277,9 @@ class _Importer:
             raise ModelDefinitionError(
                 f"{self.where}: {element}: cannot read its math {text!r} ({type(exc).__name__})"
             ) from None
-        return expr
+        if isinstance(expr, bool):
+            expr = sp.true if expr else sp.false
+        return _as_condition(expr) if condition else _as_number(expr)
 
     # -- the import --------------------------------------------------------------------
     def run(self) -> SbmlModel:
@@ -362,19 +369,22 @@ class _Importer:
             start_value = self.initial.get(sid, element_value(sid))
             if sid in self.rate_rules:
                 states[sid] = self.rate_rules[sid]
+            elif sid in self.species and not (
+                self.species[sid].getHasOnlySubstanceUnits()
+                or constant_size[self.species[sid].getCompartment()]
+            ):  # a species in a compartment that changes size: its amount is the state
+                # (reactions change it, a change of size does not); formulas use amount/size
+                c = sp.Symbol(self.species[sid].getCompartment(), real=True)
+                amount = f"{sid}_amount"
+                amount_states[sid] = amount
+                states[amount] = changes.get(sid, sp.Integer(0))
+                initial[amount] = (start_value if start_value is not None else sp.nan) * c
+                expressions[sid] = sp.Symbol(amount, real=True) / c
+                continue
             elif sid in changes:
-                compartment = self.species[sid].getCompartment()
                 only_substance = self.species[sid].getHasOnlySubstanceUnits()
-                c = sp.Symbol(compartment, real=True)
-                if only_substance or constant_size[compartment]:
-                    states[sid] = changes[sid] if only_substance else changes[sid] / c
-                else:  # the amount is the state; formulas use amount / size
-                    amount = f"{sid}_amount"
-                    amount_states[sid] = amount
-                    states[amount] = changes[sid]
-                    initial[amount] = (start_value if start_value is not None else sp.nan) * c
-                    expressions[sid] = sp.Symbol(amount, real=True) / c
-                    continue
+                c = sp.Symbol(self.species[sid].getCompartment(), real=True)
+                states[sid] = changes[sid] if only_substance else changes[sid] / c
             elif sid in self.event_targets:
                 states[sid] = sp.Integer(0)
             elif sid in self.initial:  # a constant computed once, at the start
@@ -387,7 +397,8 @@ class _Importer:
                         raise ModelDefinitionError(
                             f"{where}: '{sid}' has no value and no rule or initial assignment"
                         )
-                    expressions[sid] = start_value
+                    expressions[sid] = start_value  # e.g. concentration x size: at the start
+                    once.append(sid)
                     continue
                 value = float(start_value)
                 if math.isnan(value):
@@ -521,25 +532,12 @@ class _Importer:
         )
 
     def used_symbols(self, states, expressions, initial) -> set[str]:
+        """Names that equations, initial values, events or other expressions use (an
+        assignment rule nothing uses becomes an observable)."""
         used: set[str] = set()
-        for e in (*states.values(), *initial.values()):
+        for e in (*states.values(), *initial.values(), *expressions.values()):
             used |= {str(s) for s in e.free_symbols}
-        for k, e in expressions.items():
-            if k not in self.assignment_rules:
-                used |= {str(s) for s in e.free_symbols}
-        # assignment rules used by other assignment rules, events or states
-        changed = True
-        rules = {k: e for k, e in expressions.items() if k in self.assignment_rules}
-        used |= self.event_symbols()
-        while changed:
-            changed = False
-            for k, e in rules.items():
-                if k in used:
-                    for s in e.free_symbols:
-                        if str(s) not in used:
-                            used.add(str(s))
-                            changed = True
-        return used
+        return used | self.event_symbols()
 
     def event_symbols(self) -> set[str]:
         out: set[str] = set()
@@ -554,24 +552,84 @@ class _Importer:
         for i, ev in enumerate(self.m.getListOfEvents()):
             name = ev.getId() or f"event_{i + 1}"
             element = f"event '{name}'"
-            trigger = self.math(ev.getTrigger().getMath(), element)
+            trigger = self.math(ev.getTrigger().getMath(), element, condition=True)
             if not isinstance(trigger, sp.logic.boolalg.Boolean):
                 raise ModelDefinitionError(
                     f"{self.where}: {element}: trigger {trigger} is not a condition"
                 )
+            values = {
+                ea.getVariable(): self.math(ea.getMath(), element)
+                for ea in ev.getListOfEventAssignments()
+            }
+
+            # An assigned concentration sets the amount at the size before the event; a
+            # size changed by the event then dilutes it (SBML test cases 1779, 1506).
             assignments = {}
-            for ea in ev.getListOfEventAssignments():
-                var = ea.getVariable()
-                value = self.math(ea.getMath(), element)
-                if var in amount_states:  # assigned a concentration; the state is the amount
-                    c = self.species[var].getCompartment()
-                    var, value = amount_states[var], value * sp.Symbol(c, real=True)
+            for var, value in values.items():
+                if var in amount_states:  # the state is the amount
+                    c = sp.Symbol(self.species[var].getCompartment(), real=True)
+                    var, value = amount_states[var], value * c
                 assignments[var] = value
+            for sid, s in self.species.items():  # concentration states keep their amount
+                c = s.getCompartment()
+                if c in values and sid in self.rate_rules and not s.getHasOnlySubstanceUnits():
+                    conc = values.get(sid, sp.Symbol(sid, real=True))
+                    assignments[sid] = conc * sp.Symbol(c, real=True) / values[c]
             trig = ev.getTrigger()
             initial_value = trig.getInitialValue() if trig.isSetInitialValue() else True
             if not assignments:
                 continue  # an event that changes nothing
-            b.event(name, trigger, assignments, initial_value=bool(initial_value))
+            b.event(
+                name, trigger, assignments, initial_value=bool(initial_value),
+                persistent=bool(trig.getPersistent()) if trig.isSetPersistent() else True,
+                values_at_trigger=bool(ev.getUseValuesFromTriggerTime()),
+            )  # fmt: skip
+
+
+def _as_number(expr):
+    """A condition used as a number is 1 or 0 (SBML), also inside arithmetic."""
+    if isinstance(expr, sp.logic.boolalg.Boolean) and not isinstance(expr, sp.Symbol):
+        return sp.Piecewise((1, _as_condition(expr)), (0, True))
+    if isinstance(expr, sp.Piecewise):
+        return sp.Piecewise(*((_as_number(v), _as_condition(c)) for v, c in expr.args))
+    if not expr.args or isinstance(expr, sp.Symbol):
+        return expr
+    return expr.func(*(_as_number(a) for a in expr.args))
+
+
+def _as_condition(expr):
+    """A number used as a condition is true when not 0 (SBML)."""
+    if isinstance(expr, (sp.And, sp.Or, sp.Not, sp.Xor, sp.Implies)):
+        return expr.func(*(_as_condition(a) for a in expr.args))
+    if isinstance(expr, sp.core.relational.Relational):
+        return expr.func(_as_number(expr.lhs), _as_number(expr.rhs))
+    if isinstance(expr, sp.logic.boolalg.Boolean) and not isinstance(expr, sp.Symbol):
+        return expr
+    return sp.Ne(_as_number(expr), 0)
+
+
+def _rename_builtins(lib, node) -> None:
+    """Give SBML's csymbols and constants names that no model id can take (an SBML model
+    may call a parameter ``time``, ``pi`` or ``avogadro``)."""
+    names = {
+        lib.AST_NAME_TIME: "__sbml_time__",
+        lib.AST_NAME_AVOGADRO: "__sbml_avogadro__",
+        lib.AST_CONSTANT_PI: "__sbml_pi__",
+        lib.AST_CONSTANT_E: "__sbml_e__",
+        lib.AST_CONSTANT_TRUE: "__sbml_true__",
+        lib.AST_CONSTANT_FALSE: "__sbml_false__",
+    }
+    relations = {lib.AST_RELATIONAL_EQ: "eq", lib.AST_RELATIONAL_NEQ: "neq"}
+    if node.getType() in relations:  # as functions: sympify's '==' would compare structure
+        name = relations[node.getType()]
+        node.setType(lib.AST_FUNCTION)
+        node.setName(name)
+    elif node.getType() in names:
+        name = names[node.getType()]
+        node.setType(lib.AST_NAME)
+        node.setName(name)
+    for i in range(node.getNumChildren()):
+        _rename_builtins(lib, node.getChild(i))
 
 
 def _has_node(node, node_type) -> bool:

@@ -162,6 +162,11 @@ class Event:
     just before the start: with ``False`` an event whose trigger is true at the start
     fires there. A trigger ``t >= T`` (or ``t > T``) with ``T`` a function of the
     parameters is a *time event*: it fires at ``T`` without root-finding.
+
+    When several events fire at the same time they run in declaration order; the values
+    of an event with ``values_at_trigger`` are computed before any of them runs (else just
+    before it runs), and an event that is not ``persistent`` is dropped if an earlier one
+    made its trigger false (SBML's ``useValuesFromTriggerTime`` and ``persistent``).
     """
 
     name: str
@@ -169,6 +174,8 @@ class Event:
     assignments: tuple[tuple[str, sp.Expr], ...]
     initial_value: bool = True
     description: str = ""
+    persistent: bool = True
+    values_at_trigger: bool = True
 
     @property
     def time(self) -> sp.Expr | None:
@@ -365,6 +372,8 @@ class ModelBuilder:
         assignments: Mapping[str, sp.Expr | float],
         initial_value: bool = True,
         description: str = "",
+        persistent: bool = True,
+        values_at_trigger: bool = True,
     ) -> None:
         """Declare an :class:`Event`: when ``trigger`` becomes true, set each state of
         ``assignments`` to its value (all computed first, then applied)."""
@@ -378,7 +387,10 @@ class ModelBuilder:
         for state, value in assignments.items():
             state = self._state_name(state)
             pairs.append((state, sp.sympify(value)))
-        self._events[name] = Event(name, trigger, tuple(pairs), bool(initial_value), description)
+        self._events[name] = Event(
+            name, trigger, tuple(pairs), bool(initial_value), description,
+            bool(persistent), bool(values_at_trigger),
+        )  # fmt: skip
 
     def observable(
         self, name: str, expr: sp.Expr | float, unit: str = "1", description: str = ""

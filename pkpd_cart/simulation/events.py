@@ -38,6 +38,7 @@ class EventRuntime:
         self.pidx = np.asarray(pidx, dtype=np.int64)
         self.n_sens = n_sens
         self.n = len(model.states)
+        self.index = {name: i for i, name in enumerate(model.states)}
         self.functions = _functions(model)
         self.events = model.events
         self.time_events = [k for k, ev in enumerate(self.events) if ev.time is not None]
@@ -81,10 +82,23 @@ class EventRuntime:
         dT/dp is known)."""
         n, f = self.n, self.functions
         y = np.array(y, dtype=float)
+        early = {  # values computed when the events triggered (before any of them ran)
+            k: np.asarray(f.assign[k](*self._args(time, y, sw)), dtype=float).reshape(n)
+            for k in ks
+            if self.events[k].values_at_trigger
+        }
+        done = []
         for k in ks:
             x = y[:n].copy()
+            if done and not self.events[k].persistent and not self.trigger(k, time, x, sw):
+                self.truth[k] = False  # an earlier event switched its trigger off
+                continue
             args = self._args(time, x, sw)
             x_new = np.asarray(f.assign[k](*args), dtype=float).reshape(n)
+            if k in early:  # only the assigned states take the early values
+                for state, _ in self.events[k].assignments:
+                    i = self.index[state]
+                    x_new[i] = early[k][i]
             if self.n_sens:
                 S = y[n:].reshape(self.n_sens, n).T  # (n, directions)
                 A_x = np.asarray(f.assign_x[k](*args), dtype=float).reshape(n, n)
@@ -98,7 +112,8 @@ class EventRuntime:
                 S_new = A_x @ S + A_p + np.outer(A_x @ f_minus + A_t - f_plus, d)
                 y[n:] = S_new.T.reshape(-1)
             y[:n] = x_new
-        for k in ks:  # a fired trigger must become false again, unless its assignment undid it
+            done.append(k)
+        for k in done:  # a fired trigger must become false again, unless its assignment undid it
             self.truth[k] = self.trigger(k, time, y, sw)
         return y
 
@@ -136,14 +151,22 @@ class EventRuntime:
         return -(g_x @ S + g_p) / denominator
 
 
+def _jacobian(v: sp.Matrix, wrt: list) -> sp.Matrix:
+    """``v.jacobian(wrt)``, also for no variables (a (len(v), 0) matrix)."""
+    return v.jacobian(wrt) if wrt else sp.zeros(len(v), 0)
+
+
 class _Atom:
     """One relation ``lhs (op) rhs`` of a trigger: its truth and g = lhs - rhs."""
 
     def __init__(self, relation, args, xs, ps):
-        g = relation.lhs - relation.rhs
+        if relation is None:
+            relation, g = sp.true, sp.Integer(0)
+        else:
+            g = relation.lhs - relation.rhs
         self.truth = sp.lambdify(args, relation, "numpy")
-        self.g_x = sp.lambdify(args, sp.Matrix([g]).jacobian(xs), "numpy")
-        self.g_p = sp.lambdify(args, sp.Matrix([g]).jacobian(ps), "numpy")
+        self.g_x = sp.lambdify(args, _jacobian(sp.Matrix([g]), xs), "numpy")
+        self.g_p = sp.lambdify(args, _jacobian(sp.Matrix([g]), ps), "numpy")
         self.g_t = sp.lambdify(args, sp.diff(g, t), "numpy")
 
 
@@ -175,17 +198,18 @@ def _functions(model: Model) -> _Functions:
         for state, value in ev.assignments:
             new[index[state]] = model.expand(value)
         out.assign.append(sp.lambdify(args, new, "numpy"))
-        out.assign_x.append(sp.lambdify(args, new.jacobian(xs), "numpy"))
-        out.assign_p.append(sp.lambdify(args, new.jacobian(ps), "numpy"))
+        out.assign_x.append(sp.lambdify(args, _jacobian(new, xs), "numpy"))
+        out.assign_p.append(sp.lambdify(args, _jacobian(new, ps), "numpy"))
         out.assign_t.append(sp.lambdify(args, sp.diff(new, t), "numpy"))
         if ev.time is not None:
             T = model.expand(ev.time)
             out.time[k] = sp.lambdify(ps, T, "numpy")
-            out.time_p[k] = sp.lambdify(ps, sp.Matrix([T]).jacobian(ps), "numpy")
+            out.time_p[k] = sp.lambdify(ps, _jacobian(sp.Matrix([T]), ps), "numpy")
         else:
             relations = [a for a in sp.preorder_traversal(trigger) if isinstance(a, _RELATIONS)]
+            # a trigger without relations (a constant) never crosses: dtau/dp = 0
             out.atoms[k] = [_Atom(r, args, xs, ps) for r in relations] or [
-                _Atom(sp.GreaterThan(sp.Integer(0), sp.Integer(0)), args, xs, ps)
+                _Atom(None, args, xs, ps)
             ]
     _CACHE[id(model)] = (model, out)
     return out
