@@ -430,7 +430,7 @@ class _Importer:
             )  # fmt: skip
         used = self.used_symbols(states, expressions, initial)
         order = _dependency_order(expressions, where)
-        observables = [v for v in self.assignment_rules if v not in used]
+        observables = [v for v in self.assignment_rules if self.is_output(v, used)]
         for v in order:
             if v not in observables:
                 b.expression(v, expressions[v], _unit_of(m.getElementBySId(v)))
@@ -477,6 +477,17 @@ class _Importer:
                 )
             if ev.getTrigger() is None or ev.getTrigger().getMath() is None:
                 raise ModelDefinitionError(f"{where}: event '{ev.getId()}' has no trigger")
+
+    def is_output(self, sid: str, used: set[str]) -> bool:
+        """An assignment rule becomes an observable when nothing uses it, or, in a file
+        pkpd_cart wrote, when its notes say it is one (so a round trip keeps the model)."""
+        if sid in used:
+            return False
+        notes = self.m.getNotesString() if self.m.isSetNotes() else ""
+        if ORIGIN_NOTE not in notes:
+            return True
+        element = self.m.getElementBySId(sid)
+        return element is not None and "observable: " in (element.getNotesString() or "")
 
     def constant_size(self, cid: str) -> bool:
         """Whether compartment ``cid`` keeps its size (no rule changes it, no event)."""

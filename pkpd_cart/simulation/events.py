@@ -119,7 +119,7 @@ class EventRuntime:
 
     def _directions(self, M: np.ndarray) -> np.ndarray:
         """Columns of a d/dp matrix for the sensitivity directions (0 for initial values)."""
-        M = np.atleast_2d(M)
+        M = np.asarray(M, dtype=float).reshape(-1, len(self.p))
         out = np.zeros((M.shape[0], self.n_sens))
         out[:, : len(self.pidx)] = M[:, self.pidx]
         return out
