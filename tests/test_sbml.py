@@ -10,6 +10,12 @@ CASES = {
     "stein2019": [],
     "kirouac2023": [pk.Dose(0.0, 1e8, "dose")],
     "sle_cart": mackensen_doses(60.0),
+    # infusions: a rate parameter raised and lowered by events, next to a bolus
+    "pk_1cmt_iv": [
+        pk.Dose(0.0, 100.0, "A", duration=3.0),
+        pk.Dose(5.0, 50.0, "A"),
+        pk.Dose(8.0, 30.0, "A", rate=10.0),
+    ],
 }
 TIGHT = pk.SolverOptions(rtol=1e-11, atol=1e-10)
 
@@ -25,13 +31,14 @@ def test_round_trip_simulates_the_same(name, tmp_path):
     path = tmp_path / f"{name}.xml"
     model.to_sbml(str(path), doses=doses)
     back = pk.from_sbml(path)
-    # switches come back as event-assigned states (0 until their time, then 1)
-    assert set(back.states) == {*model.states, *model.switches}
+    # switches and infusion rates come back as event-assigned states
+    rates = {f"infusion_{d.target}" for d in doses if d.is_infusion}
+    assert set(back.states) == {*model.states, *model.switches, *rates}
     assert set(back.parameters) == set(model.parameters)
     assert list(back.observables) == list(model.observables)
     assert back.start_time == model.start_time
     # dose events stay with the model: no doses passed again
-    assert len(back.events) == len(model.switches) + len(doses)
+    assert len(back.events) == len(model.switches) + sum(1 + d.is_infusion for d in doses)
     times = np.linspace(model.start_time, 365.0, 120)
     a = model.simulate(times, doses=doses, options=TIGHT)
     b = back.simulate(times, options=TIGHT)

@@ -5,7 +5,8 @@ Export (:func:`to_sbml`, also ``Model.to_sbml``): every state becomes a non-cons
 imposed), parameters become constant parameters, initial values become
 ``initialAssignment``s, named expressions and observables become ``assignmentRule``s,
 switches become events ``time >= at`` that set a 0/1 parameter, and doses (if given) become
-events that add the amount to their target. Units are written as text in each element's
+events that add the amount to their target; an infusion becomes a rate parameter
+``infusion_<target>`` added to its target's equation, raised and lowered by two events. Units are written as text in each element's
 ``notes`` and, where SBML has them, as unit definitions.
 
 Import: :mod:`pkpd_cart.io.sbml_import` (``from_sbml``, ``read_sbml``).
@@ -208,6 +209,14 @@ def to_sbml(model: Model, path: str | Path | None = None, doses: list[Dose] = ()
         rule.setVariable(e.name)
         rule.setMath(_math(libsbml, fml(e.expr), f"expression {e.name}"))
     rhs = model.rhs(expand=False)
+    doses = sorted(doses, key=lambda d: d.time)
+    infused = sorted({d.target for d in doses if d.is_infusion})
+    for target in infused:  # zero-order input: a rate that events raise and lower
+        name = f"infusion_{target}"
+        if name in model.parameters or name in model.states or name in model.expressions:
+            raise ModelDefinitionError(f"SBML export: the name '{name}' is taken")
+        parameter(name, 0.0, False, "", f"infusion rate into {target} (amount per time)")
+        rhs[target] = rhs[target] + sp.Symbol(name, real=True)
     for s in model.states.values():
         parameter(
             s.name, None, False, s.unit, s.description + (" (dose target)" if s.dose_target else "")
@@ -223,9 +232,17 @@ def to_sbml(model: Model, path: str | Path | None = None, doses: list[Dose] = ()
         rule = m.createAssignmentRule()
         rule.setVariable(o.name)
         rule.setMath(_math(libsbml, fml(o.expr), f"observable {o.name}"))
-    for i, d in enumerate(sorted(doses, key=lambda d: d.time)):
+    for i, d in enumerate(doses):
         if d.target not in model.states:
             raise ModelDefinitionError(f"SBML export: dose target '{d.target}' is not a state")
+        if d.is_infusion:
+            rate = f"infusion_{d.target}"
+            for when, sign, tag in ((d.time, "+", "start"), (d.end, "-", "end")):
+                _time_event(
+                    libsbml, m, f"dose_{i + 1}_{tag}", repr(when - origin), rate,
+                    f"{rate} {sign} {d.rate!r}",
+                )  # fmt: skip
+            continue
         _time_event(
             libsbml,
             m,
