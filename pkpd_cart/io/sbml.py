@@ -6,8 +6,9 @@ imposed), parameters become constant parameters, initial values become
 ``initialAssignment``s, named expressions and observables become ``assignmentRule``s,
 switches become events ``time >= at`` that set a 0/1 parameter, and doses (if given) become
 events that add the amount to their target; an infusion becomes a rate parameter
-``infusion_<target>`` added to its target's equation, raised and lowered by two events. Units are written as text in each element's
-``notes`` and, where SBML has them, as unit definitions.
+``infusion_<target>`` added to its target's equation, raised and lowered by two events.
+Units are written as text in each element's ``notes`` and, where SBML has them, as unit
+definitions.
 
 Import: :mod:`pkpd_cart.io.sbml_import` (``from_sbml``, ``read_sbml``).
 """

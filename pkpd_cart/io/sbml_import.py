@@ -29,7 +29,6 @@ quantity as amount or concentration; :func:`from_sbml` returns the :class:`Model
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,39 +201,116 @@ def _unit_of(element) -> str:
     return "1"
 
 
-def _piecewise(*args):
-    pairs = [(args[i], args[i + 1]) for i in range(0, len(args) - 1, 2)]
-    pairs.append((args[-1], True) if len(args) % 2 else (sp.nan, True))
-    return sp.Piecewise(*pairs)
+class _UnsupportedError(Exception):
+    """An SBML construct pkpd_cart cannot represent (the message names it)."""
 
 
-def _log(*args):
-    return sp.log(args[0]) if len(args) == 1 else sp.log(args[1], args[0])
+class _MathReader:
+    """SBML math (a libsbml AST) to sympy, node by node: n-ary operators with any number
+    of arguments, chained relations, csymbols (time, avogadro) that no id can shadow."""
 
+    def __init__(self, lib, origin: float):
+        self.lib, self.origin = lib, origin
+        L = lib
+        self.unary = {
+            L.AST_FUNCTION_ABS: sp.Abs, L.AST_FUNCTION_EXP: sp.exp, L.AST_FUNCTION_LN: sp.log,
+            L.AST_FUNCTION_FLOOR: sp.floor, L.AST_FUNCTION_CEILING: sp.ceiling,
+            L.AST_FUNCTION_FACTORIAL: lambda x: sp.gamma(x + 1),
+            L.AST_FUNCTION_SIN: sp.sin, L.AST_FUNCTION_COS: sp.cos, L.AST_FUNCTION_TAN: sp.tan,
+            L.AST_FUNCTION_SEC: sp.sec, L.AST_FUNCTION_CSC: sp.csc, L.AST_FUNCTION_COT: sp.cot,
+            L.AST_FUNCTION_SINH: sp.sinh, L.AST_FUNCTION_COSH: sp.cosh,
+            L.AST_FUNCTION_TANH: sp.tanh, L.AST_FUNCTION_SECH: sp.sech,
+            L.AST_FUNCTION_CSCH: sp.csch, L.AST_FUNCTION_COTH: sp.coth,
+            L.AST_FUNCTION_ARCSIN: sp.asin, L.AST_FUNCTION_ARCCOS: sp.acos,
+            L.AST_FUNCTION_ARCTAN: sp.atan, L.AST_FUNCTION_ARCSEC: sp.asec,
+            L.AST_FUNCTION_ARCCSC: sp.acsc, L.AST_FUNCTION_ARCCOT: sp.acot,
+            L.AST_FUNCTION_ARCSINH: sp.asinh, L.AST_FUNCTION_ARCCOSH: sp.acosh,
+            L.AST_FUNCTION_ARCTANH: sp.atanh, L.AST_FUNCTION_ARCSECH: sp.asech,
+            L.AST_FUNCTION_ARCCSCH: sp.acsch, L.AST_FUNCTION_ARCCOTH: sp.acoth,
+        }  # fmt: skip
+        self.relations = {
+            L.AST_RELATIONAL_EQ: sp.Eq, L.AST_RELATIONAL_NEQ: sp.Ne,
+            L.AST_RELATIONAL_GT: sp.StrictGreaterThan, L.AST_RELATIONAL_GEQ: sp.GreaterThan,
+            L.AST_RELATIONAL_LT: sp.StrictLessThan, L.AST_RELATIONAL_LEQ: sp.LessThan,
+        }  # fmt: skip
+        self.constants = {
+            L.AST_CONSTANT_PI: sp.pi, L.AST_CONSTANT_E: sp.E, L.AST_CONSTANT_TRUE: sp.true,
+            L.AST_CONSTANT_FALSE: sp.false, L.AST_NAME_AVOGADRO: sp.Float(AVOGADRO),
+        }  # fmt: skip
 
-def _root(*args):
-    return sp.sqrt(args[0]) if len(args) == 1 else args[1] ** (1 / sp.sympify(args[0]))
-
-
-_FUNCTIONS = {
-    "ln": sp.log, "log": _log, "log10": lambda x: sp.log(x, 10), "pow": sp.Pow,
-    "power": sp.Pow, "root": _root, "sqrt": sp.sqrt, "exp": sp.exp, "abs": sp.Abs,
-    "max": sp.Max, "min": sp.Min, "piecewise": _piecewise, "floor": sp.floor,
-    "ceil": sp.ceiling, "ceiling": sp.ceiling, "factorial": lambda x: sp.gamma(x + 1),
-    "sin": sp.sin, "cos": sp.cos, "tan": sp.tan, "sec": sp.sec, "csc": sp.csc, "cot": sp.cot,
-    "sinh": sp.sinh, "cosh": sp.cosh, "tanh": sp.tanh, "sech": sp.sech, "csch": sp.csch,
-    "coth": sp.coth, "asin": sp.asin, "acos": sp.acos, "atan": sp.atan, "asec": sp.asec,
-    "acsc": sp.acsc, "acot": sp.acot, "arcsin": sp.asin, "arccos": sp.acos,
-    "arctan": sp.atan, "arcsec": sp.asec, "arccsc": sp.acsc, "arccot": sp.acot,
-    "asinh": sp.asinh, "acosh": sp.acosh, "atanh": sp.atanh, "arcsinh": sp.asinh,
-    "arccosh": sp.acosh, "arctanh": sp.atanh, "asech": sp.asech, "acsch": sp.acsch,
-    "acoth": sp.acoth, "arcsech": sp.asech, "arccsch": sp.acsch, "arccoth": sp.acoth,
-    "__sbml_true__": sp.true, "__sbml_false__": sp.false, "__sbml_pi__": sp.pi,
-    "__sbml_e__": sp.E, "__sbml_avogadro__": sp.Float(AVOGADRO), "INF": sp.oo, "NaN": sp.nan,
-    "xor": sp.Xor, "implies": sp.Implies, "eq": sp.Eq, "neq": sp.Ne,
-    "quotient": lambda a, b: sp.floor(a / b) * 1, "rem": lambda a, b: a - b * sp.floor(a / b),
-}  # fmt: skip
-_REFUSED_NODES = ("AST_FUNCTION_DELAY", "AST_FUNCTION_RATE_OF")
+    def read(self, node):
+        L, kind = self.lib, node.getType()
+        args = [self.read(node.getChild(i)) for i in range(node.getNumChildren())]
+        if kind == L.AST_INTEGER:
+            return sp.Integer(node.getInteger())
+        if kind in (L.AST_REAL, L.AST_REAL_E):
+            value = node.getReal()
+            if math.isinf(value):
+                return sp.oo if value > 0 else -sp.oo
+            return sp.nan if math.isnan(value) else sp.Float(value)
+        if kind == L.AST_RATIONAL:
+            return sp.Rational(node.getNumerator(), node.getDenominator())
+        if kind == L.AST_NAME:
+            return sp.Symbol(node.getName(), real=True)
+        if kind == L.AST_NAME_TIME:
+            return t - self.origin
+        if kind in self.constants:
+            return self.constants[kind]
+        if kind == L.AST_PLUS:
+            return sp.Add(*[_as_number(a) for a in args])
+        if kind == L.AST_TIMES:
+            return sp.Mul(*[_as_number(a) for a in args])
+        if kind == L.AST_MINUS:
+            args = [_as_number(a) for a in args]
+            return -args[0] if len(args) == 1 else args[0] - sp.Add(*args[1:])
+        if kind == L.AST_DIVIDE:
+            return _as_number(args[0]) / _as_number(args[1])
+        if kind in (L.AST_POWER, L.AST_FUNCTION_POWER):
+            return sp.Pow(_as_number(args[0]), _as_number(args[1]))
+        if kind in self.unary:
+            return self.unary[kind](_as_number(args[0]))
+        if kind == L.AST_FUNCTION_LOG:  # log(base, x); one argument: base 10
+            return sp.log(args[-1], args[0] if len(args) == 2 else 10)
+        if kind == L.AST_FUNCTION_ROOT:  # root(degree, x); one argument: square root
+            return args[-1] ** (1 / sp.sympify(args[0] if len(args) == 2 else 2))
+        if kind == L.AST_FUNCTION_MAX:
+            return sp.Max(*args)
+        if kind == L.AST_FUNCTION_MIN:
+            return sp.Min(*args)
+        if kind == L.AST_FUNCTION_QUOTIENT:
+            return sp.floor(args[0] / args[1])
+        if kind == L.AST_FUNCTION_REM:
+            return args[0] - args[1] * sp.floor(args[0] / args[1])
+        if kind == L.AST_FUNCTION_PIECEWISE:
+            pairs = [
+                (_as_number(args[i]), _as_condition(args[i + 1]))
+                for i in range(0, len(args) - 1, 2)
+            ]
+            pairs.append((_as_number(args[-1]) if len(args) % 2 else sp.nan, sp.true))
+            return sp.Piecewise(*pairs)
+        if kind in self.relations:
+            relation = self.relations[kind]
+            if len(args) < 2:
+                return sp.true
+            args = [_as_number(a) for a in args]
+            return sp.And(*(relation(a, b) for a, b in zip(args, args[1:])))
+        if kind == L.AST_LOGICAL_AND:
+            return sp.And(*[_as_condition(a) for a in args])
+        if kind == L.AST_LOGICAL_OR:
+            return sp.Or(*[_as_condition(a) for a in args])
+        if kind == L.AST_LOGICAL_XOR:
+            return sp.Xor(*[_as_condition(a) for a in args])
+        if kind == L.AST_LOGICAL_NOT:
+            return sp.Not(_as_condition(args[0]))
+        if kind == L.AST_LOGICAL_IMPLIES:
+            return sp.Implies(_as_condition(args[0]), _as_condition(args[1]))
+        if kind == L.AST_FUNCTION_DELAY:
+            raise _UnsupportedError("delay(), which pkpd_cart cannot represent")
+        if kind == L.AST_FUNCTION_RATE_OF:
+            raise _UnsupportedError("rateOf(), which pkpd_cart cannot represent")
+        raise _UnsupportedError(
+            f"the MathML construct '{node.getName() or kind}', which pkpd_cart cannot read"
+        )
 
 
 class _Importer:
@@ -242,43 +318,22 @@ class _Importer:
         self.lib, self.m, self.where = libsbml, m, where
         self.name = name or m.getId() or "sbml_model"
         self.origin = _origin(m)
-        elements = m.getListOfAllElements()
-        self.ids = {
-            e.getId() for e in (elements.get(i) for i in range(elements.getSize())) if e.isSetId()
-        }
 
     # -- math --------------------------------------------------------------------------
     def math(self, node, element: str, condition: bool = False) -> sp.Expr:
         """sympy expression of an SBML math node (SBML time = model time - origin); a
         number, or a condition if ``condition`` (SBML lets true/false be 1/0 and back)."""
-        lib = self.lib
         if node is None:
             raise ModelDefinitionError(f"{self.where}: {element} has no math")
-        for bad in _REFUSED_NODES:
-            if _has_node(node, getattr(lib, bad)):
-                what = "delay()" if "DELAY" in bad else "rateOf()"
-                raise ModelDefinitionError(
-                    f"{self.where}: {element} uses {what}, which pkpd_cart cannot represent"
-                )
-        node = node.deepCopy()
-        _rename_builtins(lib, node)
-        text = lib.formulaToL3String(node)
-        text = text.replace("&&", "&").replace("||", "|")
-        local = dict(_FUNCTIONS)
-        local["__sbml_time__"] = t - self.origin
-        for ident in set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text)):
-            if ident not in local or ident in self.ids:  # the model's own ids come first
-                local[ident] = sp.Symbol(ident, real=True)
-        text = text.replace("^", "**")
-        text = re.sub(r"(?<![=!<>])!(?!=)", "~", text)
         try:
-            expr = sp.sympify(text, locals=local)
-        except Exception as exc:  # noqa: BLE001 - sympy raises many kinds; one line here
+            expr = _MathReader(self.lib, self.origin).read(node)
+        except _UnsupportedError as exc:
+            raise ModelDefinitionError(f"{self.where}: {element} uses {exc}") from None
+        except (TypeError, ValueError, AttributeError) as exc:
+            formula = self.lib.formulaToL3String(node)
             raise ModelDefinitionError(
-                f"{self.where}: {element}: cannot read its math {text!r} ({type(exc).__name__})"
+                f"{self.where}: {element}: cannot read its math {formula!r} ({exc})"
             ) from None
-        if isinstance(expr, bool):
-            expr = sp.true if expr else sp.false
         return _as_condition(expr) if condition else _as_number(expr)
 
     # -- the import --------------------------------------------------------------------
@@ -617,36 +672,6 @@ def _as_condition(expr):
     if isinstance(expr, sp.logic.boolalg.Boolean) and not isinstance(expr, sp.Symbol):
         return expr
     return sp.Ne(_as_number(expr), 0)
-
-
-def _rename_builtins(lib, node) -> None:
-    """Give SBML's csymbols and constants names that no model id can take (an SBML model
-    may call a parameter ``time``, ``pi`` or ``avogadro``)."""
-    names = {
-        lib.AST_NAME_TIME: "__sbml_time__",
-        lib.AST_NAME_AVOGADRO: "__sbml_avogadro__",
-        lib.AST_CONSTANT_PI: "__sbml_pi__",
-        lib.AST_CONSTANT_E: "__sbml_e__",
-        lib.AST_CONSTANT_TRUE: "__sbml_true__",
-        lib.AST_CONSTANT_FALSE: "__sbml_false__",
-    }
-    relations = {lib.AST_RELATIONAL_EQ: "eq", lib.AST_RELATIONAL_NEQ: "neq"}
-    if node.getType() in relations:  # as functions: sympify's '==' would compare structure
-        name = relations[node.getType()]
-        node.setType(lib.AST_FUNCTION)
-        node.setName(name)
-    elif node.getType() in names:
-        name = names[node.getType()]
-        node.setType(lib.AST_NAME)
-        node.setName(name)
-    for i in range(node.getNumChildren()):
-        _rename_builtins(lib, node.getChild(i))
-
-
-def _has_node(node, node_type) -> bool:
-    if node.getType() == node_type:
-        return True
-    return any(_has_node(node.getChild(i), node_type) for i in range(node.getNumChildren()))
 
 
 def _dependency_order(exprs: dict[str, sp.Expr], where: str) -> list[str]:
