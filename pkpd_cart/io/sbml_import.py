@@ -201,6 +201,10 @@ def _unit_of(element) -> str:
     return "1"
 
 
+class RateOf(sp.Function):
+    """SBML's ``rateOf(x)``: dx/dt, replaced by the equations once they are all read."""
+
+
 class _UnsupportedError(Exception):
     """An SBML construct pkpd_cart cannot represent (the message names it)."""
 
@@ -306,8 +310,10 @@ class _MathReader:
             return sp.Implies(_as_condition(args[0]), _as_condition(args[1]))
         if kind == L.AST_FUNCTION_DELAY:
             raise _UnsupportedError("delay(), which pkpd_cart cannot represent")
-        if kind == L.AST_FUNCTION_RATE_OF:
-            raise _UnsupportedError("rateOf(), which pkpd_cart cannot represent")
+        if kind == L.AST_FUNCTION_RATE_OF:  # resolved once all equations are known
+            if not isinstance(args[0], sp.Symbol):
+                raise _UnsupportedError("rateOf() of an expression (SBML allows only an id)")
+            return RateOf(args[0])
         raise _UnsupportedError(
             f"the MathML construct '{node.getName() or kind}', which pkpd_cart cannot read"
         )
@@ -468,6 +474,12 @@ class _Importer:
         for rid in self.reaction_rates:
             quantities[rid] = sp.Symbol(rid, real=True)
 
+        self.rates = _Rates(states, expressions, where)
+        states = {k: self.rates.replace(v) for k, v in states.items()}
+        expressions = {k: self.rates.replace(v) for k, v in expressions.items()}
+        initial = {k: self.rates.replace(v) for k, v in initial.items()}
+        self.rates = _Rates(states, expressions, where)
+
         # initial values in parameters only: states and expressions at the start
         at_start = {sp.Symbol(k, real=True): v for k, v in initial.items()}
         at_start.update({sp.Symbol(k, real=True): v for k, v in expressions.items()})
@@ -618,13 +630,15 @@ class _Importer:
         for i, ev in enumerate(self.m.getListOfEvents()):
             name = ev.getId() or f"event_{i + 1}"
             element = f"event '{name}'"
-            trigger = self.math(ev.getTrigger().getMath(), element, condition=True)
+            trigger = self.rates.replace(
+                self.math(ev.getTrigger().getMath(), element, condition=True)
+            )
             if not isinstance(trigger, sp.logic.boolalg.Boolean):
                 raise ModelDefinitionError(
                     f"{self.where}: {element}: trigger {trigger} is not a condition"
                 )
             values = {
-                ea.getVariable(): self.math(ea.getMath(), element)
+                ea.getVariable(): self.rates.replace(self.math(ea.getMath(), element))
                 for ea in ev.getListOfEventAssignments()
             }
 
@@ -672,6 +686,38 @@ def _as_condition(expr):
     if isinstance(expr, sp.logic.boolalg.Boolean) and not isinstance(expr, sp.Symbol):
         return expr
     return sp.Ne(_as_number(expr), 0)
+
+
+class _Rates:
+    """``rateOf(x)`` as an expression: a state's equation, the total time derivative of a
+    named expression (chain rule through the states), 0 for a constant."""
+
+    def __init__(self, states: dict, expressions: dict, where: str):
+        self.states, self.expressions, self.where = states, expressions, where
+
+    def replace(self, expr):
+        if not expr.has(RateOf):
+            return expr
+        return expr.replace(lambda e: isinstance(e, RateOf), lambda e: self.rate(str(e.args[0]), 0))
+
+    def rate(self, name: str, depth: int):
+        if depth > 20:
+            raise ModelDefinitionError(f"{self.where}: rateOf({name}) depends on itself")
+        if name in self.states:
+            expr = self.states[name]
+            return expr.replace(
+                lambda e: isinstance(e, RateOf), lambda e: self.rate(str(e.args[0]), depth + 1)
+            )
+        if name in self.expressions:
+            expr = self.expressions[name]
+            total = sp.diff(
+                expr.replace(lambda e: isinstance(e, RateOf), lambda e: sp.Integer(0)), t
+            )
+            for s in expr.free_symbols:
+                if str(s) in self.states or str(s) in self.expressions:
+                    total += sp.diff(expr, s) * self.rate(str(s), depth + 1)
+            return total
+        return sp.Integer(0)
 
 
 def _dependency_order(exprs: dict[str, sp.Expr], where: str) -> list[str]:
