@@ -348,8 +348,12 @@ class _Importer:
         self.refuse_unsupported()
         self.rate_rules = {}
         self.assignment_rules = {}
+        algebraic = []
         for i in range(m.getNumRules()):
             rule = m.getRule(i)
+            if rule.isAlgebraic():
+                algebraic.append(self.math(rule.getMath(), f"algebraic rule {i + 1}"))
+                continue
             var = rule.getVariable()
             what = f"{'rate' if rule.isRate() else 'assignment'} rule of '{var}'"
             (self.rate_rules if rule.isRate() else self.assignment_rules)[var] = self.math(
@@ -375,6 +379,8 @@ class _Importer:
             if law is None or law.getMath() is None:
                 raise ModelDefinitionError(f"{where}: reaction '{r.getId()}' has no kinetic law")
             self.reaction_rates[r.getId()] = self.math(law.getMath(), f"reaction '{r.getId()}'")
+        if algebraic:
+            self.solve_algebraic(algebraic)
         changes = self.species_changes()
         b = ModelBuilder(
             self.name,
@@ -521,12 +527,6 @@ class _Importer:
     # -- pieces ------------------------------------------------------------------------
     def refuse_unsupported(self) -> None:
         m, where = self.m, self.where
-        for i in range(m.getNumRules()):
-            if m.getRule(i).isAlgebraic():
-                raise ModelDefinitionError(
-                    f"{where}: algebraic rule {i + 1} cannot be represented (pkpd_cart "
-                    "models are ODEs)"
-                )
         for r in m.getListOfReactions():
             if r.isSetFast() and r.getFast():
                 raise ModelDefinitionError(
@@ -544,6 +544,46 @@ class _Importer:
                 )
             if ev.getTrigger() is None or ev.getTrigger().getMath() is None:
                 raise ModelDefinitionError(f"{where}: event '{ev.getId()}' has no trigger")
+
+    def solve_algebraic(self, rules: list[sp.Expr]) -> None:
+        """Algebraic rules ``0 = f(...)`` solved (sympy) for the variables they determine:
+        those neither constant nor set by another rule, a reaction or an event. They become
+        assignment rules; a system without one explicit solution is refused."""
+        m = self.m
+        taken = set(self.rate_rules) | set(self.assignment_rules) | set(self.event_targets)
+        for r in m.getListOfReactions():
+            taken.add(r.getId())
+            for ref in (*r.getListOfReactants(), *r.getListOfProducts()):
+                s = self.species.get(ref.getSpecies())
+                if s is not None and not (s.getBoundaryCondition() or s.getConstant()):
+                    taken.add(s.getId())
+        free = set()
+        for expr in rules:
+            for sym in expr.free_symbols:
+                element = m.getElementBySId(str(sym))
+                constant = (
+                    element is not None
+                    and hasattr(element, "getConstant")
+                    and (element.getConstant())
+                )
+                if str(sym) not in taken and not constant and element is not None:
+                    free.add(sym)
+        unknowns = sorted(free, key=str)
+        refusal = (
+            f"{self.where}: {len(rules)} algebraic rule(s) in {len(unknowns)} undetermined "
+            f"variable(s) ({', '.join(map(str, unknowns)) or 'none'}) have no unique explicit "
+            "solution (pkpd_cart models are ODEs, not DAEs)"
+        )
+        if len(unknowns) != len(rules):
+            raise ModelDefinitionError(refusal)
+        try:
+            solutions = sp.solve(rules, unknowns, dict=True)
+        except (NotImplementedError, ValueError, TypeError):
+            raise ModelDefinitionError(refusal) from None
+        if len(solutions) != 1 or set(solutions[0]) != set(unknowns):
+            raise ModelDefinitionError(refusal)
+        for sym, value in solutions[0].items():
+            self.assignment_rules[str(sym)] = value
 
     def is_output(self, sid: str, used: set[str]) -> bool:
         """An assignment rule becomes an observable when nothing uses it, or, in a file
