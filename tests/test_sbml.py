@@ -97,10 +97,12 @@ def test_reactions_and_rate_rules_are_read():
     "rules, extra, message",
     [
         (
+            # 0 = x^2 - k: two solutions (a linear rule is solved and imported)
             """<algebraicRule><math xmlns="http://www.w3.org/1998/Math/MathML"><apply><minus/>
-         <ci>x</ci><ci>k</ci></apply></math></algebraicRule>""",
+         <apply><times/><ci>x</ci><ci>x</ci></apply><ci>k</ci></apply></math></algebraicRule>""",
             "",
-            "algebraic rule 1 cannot be represented",
+            "1 algebraic rule(s) in 1 undetermined variable(s) (x) have no unique explicit "
+            "solution",
         ),
         (
             RATE,
@@ -143,3 +145,17 @@ def test_missing_and_invalid_files(tmp_path):
     bad.write_text("<sbml><model")
     with pytest.raises(pk.ModelDefinitionError, match="bad.xml: line"):
         pk.from_sbml(bad)
+
+
+def test_read_sbml_gives_amounts_or_concentrations():
+    reactions = """<listOfCompartments><compartment id="c" size="2" constant="true"/>
+    </listOfCompartments>
+    <listOfSpecies><species id="S" compartment="c" initialConcentration="4"
+      hasOnlySubstanceUnits="false" boundaryCondition="false" constant="false"/></listOfSpecies>"""
+    sbml = pk.read_sbml(DOC.format(rules=RATE, extra=reactions))
+    assert sbml.simulate([0.0, 1.0])["S"].tolist() == [4.0, 4.0]  # concentration
+    assert sbml.simulate([0.0, 1.0], amounts=["S"])["S"].tolist() == [8.0, 8.0]  # x size 2
+    x = sbml.simulate([0.0, 2.0], ids=["x", "k"])
+    assert x["x"].iloc[1] == pytest.approx(np.exp(-1.0), rel=1e-7) and x["k"].iloc[1] == 0.5
+    with pytest.raises(pk.InputError, match="no SBML quantity 'nope'"):
+        sbml.simulate([0.0, 1.0], ids=["nope"])

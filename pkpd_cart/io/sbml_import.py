@@ -102,13 +102,14 @@ class SbmlModel:
                 observables = {o.symbol: o.expr for o in model.observables.values()}
                 expr = model.expand(expr.xreplace(observables))
                 self._functions[key] = sp.lambdify(symbols, expr, "numpy")
-            value = np.asarray(self._functions[key](*columns), dtype=float)
+            with np.errstate(all="ignore"):  # nan/inf outside a function's domain, as SBML
+                value = np.asarray(self._functions[key](*columns), dtype=float)
             out[sid] = np.broadcast_to(value, trajectory.times.shape).copy()
         return out
 
     def simulate(self, times, ids: Iterable[str] | None = None, amounts=(), **kwargs):
         """Simulate (keyword arguments of :func:`pkpd_cart.simulate`) and return a
-        DataFrame with ``time`` and the SBML quantities ``ids`` (default: every species,
+        DataFrame indexed by time with the SBML quantities ``ids`` (default: every species,
         as concentrations, or as amounts if listed in ``amounts``)."""
         import pandas as pd
 
@@ -116,10 +117,9 @@ class SbmlModel:
 
         traj = simulate(self.model, times, **kwargs)
         ids = list(self.species) if ids is None else list(ids)
-        frame = pd.DataFrame({"time": traj.times})
-        for k, v in self.values(traj, ids, amounts).items():
-            frame[k] = v
-        return frame
+        # time is the index: an SBML model may have a quantity called "time" (suite case 1821)
+        index = pd.Index(traj.times, name="time")
+        return pd.DataFrame(self.values(traj, ids, amounts), index=index)
 
 
 def from_sbml(path_or_text: str | Path, name: str | None = None) -> Model:
@@ -533,15 +533,6 @@ class _Importer:
                     f"{where}: reaction '{r.getId()}' is fast, which pkpd_cart cannot represent"
                 )
         for ev in m.getListOfEvents():
-            if ev.isSetDelay():
-                raise ModelDefinitionError(
-                    f"{where}: event '{ev.getId()}' has a delay, which pkpd_cart cannot represent"
-                )
-            if ev.isSetPriority():
-                raise ModelDefinitionError(
-                    f"{where}: event '{ev.getId()}' has a priority, which pkpd_cart cannot "
-                    "represent"
-                )
             if ev.getTrigger() is None or ev.getTrigger().getMath() is None:
                 raise ModelDefinitionError(f"{where}: event '{ev.getId()}' has no trigger")
 
@@ -666,6 +657,12 @@ class _Importer:
                 out |= {str(s) for s in self.math(ea.getMath(), name).free_symbols}
         return out
 
+    def event_math(self, element, where: str):
+        """The math of an event's delay or priority (None if the event has none)."""
+        if element is None:
+            return None
+        return self.rates.replace(self.math(element.getMath(), where))
+
     def add_events(self, b: ModelBuilder, amount_states: dict[str, str]) -> None:
         for i, ev in enumerate(self.m.getListOfEvents()):
             name = ev.getId() or f"event_{i + 1}"
@@ -703,6 +700,8 @@ class _Importer:
                 name, trigger, assignments, initial_value=bool(initial_value),
                 persistent=bool(trig.getPersistent()) if trig.isSetPersistent() else True,
                 values_at_trigger=bool(ev.getUseValuesFromTriggerTime()),
+                delay=self.event_math(ev.getDelay(), element),
+                priority=self.event_math(ev.getPriority(), element),
             )  # fmt: skip
 
 

@@ -47,7 +47,7 @@ def read_tags(case_dir: Path) -> tuple[list[str], str]:
     return tags, test_type
 
 
-def run_case(case_dir: Path, time_limit: int = 60) -> tuple[str, str, list[str], str]:
+def run_case(case_dir: Path, time_limit: int = 900) -> tuple[str, str, list[str], str]:
     """``(case, outcome, tags, detail)``; outcome is ``pass``, ``wrong``, ``refused`` (the
     package's own one-line error), ``crash`` (anything else, or over ``time_limit`` s) or
     ``not a time course``."""

@@ -167,6 +167,9 @@ class Event:
     of an event with ``values_at_trigger`` are computed before any of them runs (else just
     before it runs), and an event that is not ``persistent`` is dropped if an earlier one
     made its trigger false (SBML's ``useValuesFromTriggerTime`` and ``persistent``).
+    With a ``delay`` (time units, evaluated when the trigger rises) the assignments run
+    that much later; among executions due at the same time the highest ``priority``
+    (evaluated then) goes first. Sensitivities across delayed events are refused.
     """
 
     name: str
@@ -176,6 +179,8 @@ class Event:
     description: str = ""
     persistent: bool = True
     values_at_trigger: bool = True
+    delay: sp.Expr | None = None
+    priority: sp.Expr | None = None
 
     @property
     def time(self) -> sp.Expr | None:
@@ -374,6 +379,8 @@ class ModelBuilder:
         description: str = "",
         persistent: bool = True,
         values_at_trigger: bool = True,
+        delay: sp.Expr | float | None = None,
+        priority: sp.Expr | float | None = None,
     ) -> None:
         """Declare an :class:`Event`: when ``trigger`` becomes true, set each state of
         ``assignments`` to its value (all computed first, then applied)."""
@@ -390,6 +397,8 @@ class ModelBuilder:
         self._events[name] = Event(
             name, trigger, tuple(pairs), bool(initial_value), description,
             bool(persistent), bool(values_at_trigger),
+            None if delay is None else sp.sympify(delay),
+            None if priority is None else sp.sympify(priority),
         )  # fmt: skip
 
     def observable(
@@ -491,6 +500,9 @@ class ModelBuilder:
             check(f"the trigger of event '{ev.name}'", ev.trigger, known | expr_syms)
             for state, value in ev.assignments:
                 check(f"event '{ev.name}' (assignment to {state})", value, known | expr_syms)
+            for what in ("delay", "priority"):
+                if getattr(ev, what) is not None:
+                    check(f"the {what} of event '{ev.name}'", getattr(ev, what), known | expr_syms)
         for set_name, values in self._parameter_sets.items():
             for k, v in values.items():
                 if k not in self._parameters:
@@ -635,6 +647,7 @@ class Model:
                 h.update(f"{k}={sp.srepr(getattr(v, 'expr', getattr(v, 'at', None)))}".encode())
         for ev in self.events:
             h.update(f"event {ev.name}:{sp.srepr(ev.trigger)}:{ev.assignments}".encode())
+            h.update(f"{ev.delay}:{ev.priority}:{ev.persistent}:{ev.values_at_trigger}".encode())
         h.update(",".join(self.parameters).encode())
         return h.hexdigest()
 

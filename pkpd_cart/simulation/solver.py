@@ -455,62 +455,64 @@ class _Integrator:
                 filled += 1
 
         while t_now < t_end:
+            t_stop = min(t_end, events.next_pending(t_now))  # a delayed execution is due
             solver = solver_class(
-                lambda tt, yy: func(yy, tt, *args), t_now, y, t_end, rtol=o.rtol,
+                lambda tt, yy: func(yy, tt, *args), t_now, y, t_stop, rtol=o.rtol,
                 atol=self.atol(len(y)), max_step=o.max_step or np.inf,
             )  # fmt: skip
             fired = False
             steps = 0
+            before = events.relations(t_now, y, sw)
             while solver.status == "running":
                 message = solver.step()
                 steps += 1
                 if solver.status == "failed" or steps > o.max_steps:
                     raise self.fail(float(solver.t), f"{o.method}: {message or 'too many steps'}")
                 t_old, t_new, dense = float(solver.t_old), float(solver.t), solver.dense_output()
-                rising = [
-                    k for k in events.state_events
-                    if not events.truth[k] and events.trigger(k, t_new, solver.y, sw)
-                ]  # fmt: skip
+                # the earliest rise inside the step; a trigger that is a window (a And b)
+                # can open and close within one step, so each relation's crossing is found
+                after = events.relations(t_new, solver.y, sw)
+                rises = {
+                    k: events.rise_time(k, t_old, t_new, dense, solver.y, sw, before, after)
+                    for k in events.state_events
+                    if not events.truth[k]
+                }
+                rises = {k: v for k, v in rises.items() if v is not None}
                 for k in events.state_events:  # triggers that fell are armed again
-                    if events.truth[k] and not events.trigger(k, t_new, solver.y, sw):
-                        events.truth[k] = False
-                if not rising:
-                    fill(t_new, dense, True, solver.y)
+                    if (
+                        events.truth[k] and events.changed(k, before, after)
+                        and not events.trigger(k, t_new, solver.y, sw)
+                    ):  # fmt: skip
+                        events.fall(k)
+                before = after
+                if not rises:
+                    fill(t_new, dense, t_new < t_stop or t_stop == t_end, solver.y)
                     continue
-                # earliest rise, to machine precision: lo false, hi true
-                t_star = t_new
-                for k in rising:
-                    lo, hi = t_old, t_star
-                    if events.trigger(k, lo, dense(lo), sw):
-                        continue
-                    while True:
-                        mid = 0.5 * (lo + hi)
-                        if mid <= lo or mid >= hi:
-                            break
-                        if events.trigger(k, mid, dense(mid), sw):
-                            hi = mid
-                        else:
-                            lo = mid
-                    t_star = min(t_star, hi)
+                t_star = min(rises.values())
+                rising = [k for k, v in rises.items() if v == t_star]
                 y_star = solver.y if t_star == t_new else dense(t_star)
                 fill(t_star, dense, False, None)
                 t_before = max(t_old, np.nextafter(t_star, -np.inf))
                 y_before = dense(t_before)
-                ks = [k for k in rising if events.trigger(k, t_star, y_star, sw)]
                 dtau = {}
                 if self.n_sens:
                     f_minus = f_of(y_star[:n])
-                    for k in ks:
-                        dtau[k] = events.state_event_dtau(
-                            k, t_star, y_star, sw, f_minus, t_before, y_before[:n]
-                        )
-                y = events.fire(ks, t_star, y_star, sw, f_of, dtau)
+                    for k in rising:
+                        if events.trigger(k, t_star, y_star, sw):
+                            dtau[k] = events.state_event_dtau(
+                                k, t_star, y_star, sw, f_minus, t_before, y_before[:n]
+                            )
+                y = events.process(t_star, y_star, sw, f_of, dtau)
                 fill(t_star, None, True, y)
                 t_now, fired = t_star, True
                 break
             if not fired:
                 y = np.array(solver.y)
-                t_now = t_end
+                t_now = t_stop
+                if t_stop < t_end:  # delayed executions due now
+                    t_star = t_stop
+                    y = events.process(t_star, y, sw, f_of)
+                    fill(t_star, None, True, y)
         fill(t_end, None, True, y)
         return Y
 
@@ -654,7 +656,7 @@ def simulate(
         | {v for v in event_times if start < v <= t_end}
         | {t_end}
     )
-    state_events = events is not None and bool(events.state_events)
+    state_events = events is not None and events.stepping
     current = start
     for b in boundaries:
         lo = np.searchsorted(times, current, side="left")
@@ -693,27 +695,16 @@ def simulate(
 
 
 def _model_events(events, y: np.ndarray, sw: np.ndarray, at: float, first: bool, f_of):
-    """Fire the model events due at a boundary time ``at``: at the start those whose
-    trigger is true there and was false before (``initial_value``), later the time
-    events of ``at``; then any trigger that these changes made rise (a cascade)."""
-    zero = np.zeros(events.n_sens)
+    """Run the model events due at a boundary time ``at`` (at the start, the triggers'
+    initial values are set first): rises, time events, delayed executions, cascades."""
     if first:
-        ks = events.start(at, y, sw)
-        y = events.fire(ks, at, y, sw, f_of, {k: zero for k in ks if events.times.get(k) != at})
-    else:
-        ks = [k for k in events.time_events if events.times[k] == at and not events.truth[k]]
-        y = events.fire(ks, at, y, sw, f_of)
-    for _ in range(100):
-        rising = [
-            k for k in events.state_events if not events.truth[k] and events.trigger(k, at, y, sw)
-        ]
-        if not rising:
-            return y
-        y = events.fire(rising, at, y, sw, f_of, {k: zero for k in rising})
-    raise SimulationError(
-        events.model.name, at, dict(zip(events.model.parameters, events.p)),
-        "events keep triggering each other (more than 100 cascades at one time)",
-    )  # fmt: skip
+        events.start()
+    try:
+        return events.process(at, y, sw, f_of)
+    except RuntimeError as exc:
+        raise SimulationError(
+            events.model.name, at, dict(zip(events.model.parameters, events.p)), str(exc)
+        ) from None
 
 
 def simulate_batch(
