@@ -94,6 +94,15 @@ def test_an_error_model_parameter_that_is_not_a_number_is_refused():
             "argument --dose: dose '0:-6e7:CAR_D': Dose amount -6e+07 is negative",
         ),
         (
+            ["simulate", "sle_cart", "--dose", "0:6e7:CAR_D:-2", "--out", "x.csv"],
+            "argument --dose: dose '0:6e7:CAR_D:-2': Dose duration -2 is negative",
+        ),
+        (
+            ["simulate", "sle_cart", "--dose", "0:6e7:CAR_D:1:2", "--out", "x.csv"],
+            "argument --dose: dose '0:6e7:CAR_D:1:2' is not TIME:AMOUNT:TARGET[:DURATION] "
+            "(e.g. 0:7e7:CAR_infused)",
+        ),
+        (
             ["fit", "sle_cart", "d.csv", "--error", "CAR_T=lognorm:0.3", "--out", "r"],
             "argument --error: error model 'CAR_T=lognorm:0.3': unknown kind 'lognorm'; choose one "
             "of additive, proportional, combined, combined1, lognormal",

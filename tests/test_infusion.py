@@ -155,3 +155,20 @@ def test_dataset_rate_and_dur_become_infusions(onecmt, tmp_path):
 def test_dataset_infusion_errors(tmp_path, row, message):
     with pytest.raises(DatasetError, match=message):
         pk.read_dataset(_write(tmp_path, [row]))
+
+
+def test_command_line_infusion(tmp_path):
+    """--dose TIME:AMOUNT:TARGET:DURATION infuses; the CSV matches simulate()."""
+    import pandas as pd
+
+    from pkpd_cart.cli import main
+
+    out = tmp_path / "inf.csv"
+    code = main(
+        ["simulate", "pk_1cmt_iv", "--dose", "0:100:A:3", "--end", "6", "--step", "1",
+         "--param", "CL=2", "--param", "V=20", "--out", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    frame = pd.read_csv(out)
+    c = closed_form([(100.0 / 3.0, 0.0, 3.0)])(frame["time"].to_numpy())[0]
+    assert np.allclose(frame["C"], c, rtol=1e-6)

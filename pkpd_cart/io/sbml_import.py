@@ -655,6 +655,9 @@ class _Importer:
             out |= {str(s) for s in self.math(ev.getTrigger().getMath(), name).free_symbols}
             for ea in ev.getListOfEventAssignments():
                 out |= {str(s) for s in self.math(ea.getMath(), name).free_symbols}
+            for extra in (ev.getDelay(), ev.getPriority()):
+                if extra is not None:
+                    out |= {str(s) for s in self.math(extra.getMath(), name).free_symbols}
         return out
 
     def event_math(self, element, where: str):

@@ -97,7 +97,8 @@ def run_case(case_dir: Path, time_limit: int = 900) -> tuple[str, str, list[str]
             return case, "wrong", tags, where
         return case, "pass", tags, ""
     except (ModelDefinitionError, InputError, SimulationError) as exc:
-        return case, "refused", tags, str(exc).splitlines()[0]
+        where = str(case_dir / f"{case}-sbml-l3v2.xml")
+        return case, "refused", tags, str(exc).splitlines()[0].replace(where, f"{case}.xml")
     except Exception as exc:  # noqa: BLE001 - a crash is what this script counts
         last = traceback.extract_tb(exc.__traceback__)[-1]
         return (
