@@ -5,7 +5,8 @@ Export (:func:`to_sbml`, also ``Model.to_sbml``): every state becomes a non-cons
 imposed), parameters become constant parameters, initial values become
 ``initialAssignment``s, named expressions and observables become ``assignmentRule``s,
 switches become events ``time >= at`` that set a 0/1 parameter, and doses (if given) become
-events that add the amount to their target; an infusion becomes a rate parameter
+events that add the amount to their target, model events become SBML events (trigger,
+assignments, initial value, persistence, delay, priority); an infusion becomes a rate parameter
 ``infusion_<target>`` added to its target's equation, raised and lowered by two events.
 Units are written as text in each element's ``notes`` and, where SBML has them, as unit
 definitions.
@@ -139,6 +140,27 @@ def _time_event(libsbml, m, event_id: str, at: str, variable: str, value: str) -
     ea.setMath(_math(libsbml, value, f"event {event_id}"))
 
 
+def _model_event(libsbml, m, ev, fml) -> None:
+    """A pkpd_cart :class:`~pkpd_cart.model.modelling.Event` as an SBML event."""
+    event = m.createEvent()
+    _check(event.setId(ev.name), f"event id {ev.name!r}")
+    event.setUseValuesFromTriggerTime(ev.values_at_trigger)
+    trig = event.createTrigger()
+    trig.setInitialValue(ev.initial_value)
+    trig.setPersistent(ev.persistent)
+    trig.setMath(_math(libsbml, fml(ev.trigger), f"the trigger of event {ev.name}"))
+    if ev.delay is not None:
+        event.createDelay().setMath(_math(libsbml, fml(ev.delay), f"the delay of {ev.name}"))
+    if ev.priority is not None:
+        event.createPriority().setMath(
+            _math(libsbml, fml(ev.priority), f"the priority of {ev.name}")
+        )
+    for state, value in ev.assignments:
+        ea = event.createEventAssignment()
+        ea.setVariable(state)
+        ea.setMath(_math(libsbml, fml(value), f"event {ev.name}"))
+
+
 def to_sbml(model: Model, path: str | Path | None = None, doses: list[Dose] = ()) -> str:
     """Write ``model`` (and optional ``doses`` as events) as SBML L3V2; returns the text.
 
@@ -233,6 +255,8 @@ def to_sbml(model: Model, path: str | Path | None = None, doses: list[Dose] = ()
         rule = m.createAssignmentRule()
         rule.setVariable(o.name)
         rule.setMath(_math(libsbml, fml(o.expr), f"observable {o.name}"))
+    for ev in model.events:  # model events, with all their SBML attributes
+        _model_event(libsbml, m, ev, fml)
     for i, d in enumerate(doses):
         if d.target not in model.states:
             raise ModelDefinitionError(f"SBML export: dose target '{d.target}' is not a state")

@@ -5,8 +5,9 @@ definitions and promote local parameters. Then every SBML quantity becomes one o
 
 * a **parameter**: constant, with a value (constant parameters, compartments, species
   and stoichiometries);
-* an **expression**: an assignment rule, a reaction's rate (its id used in formulas), or
-  a constant set by an initial assignment (evaluated once, at the start);
+* an **expression**: an assignment rule, a reaction's rate (its id used in formulas), a
+  constant set by an initial assignment (evaluated once, at the start), or a variable an
+  algebraic rule determines (solved with sympy; no unique explicit solution: refused);
 * a **state**: a rate rule's variable, a species changed by reactions, or anything an
   event assigns (a constant between events).
 
@@ -17,10 +18,16 @@ A species in a compartment of constant size is integrated as the quantity formul
 (concentration = amount / size); in a compartment whose size changes, its amount is the
 state (named ``<id>_amount``), so that a change of size dilutes it as SBML says.
 
-Events keep their SBML meaning: any trigger, several assignments (all computed before any
-is applied, i.e. values from the trigger time), the trigger's initial value, firing at
-the start. Delays, priorities, algebraic rules, fast reactions, ``delay()`` and
-``rateOf()`` are refused in one line naming the element; nothing is imported partially.
+Events keep their SBML meaning: any trigger, several assignments, values from the trigger
+or the assignment time, the trigger's initial value (firing at the start), persistence,
+delays and priorities (equal priorities in random, seeded order). ``rateOf(x)`` is x's
+equation (or the chain-rule derivative of an expression). Fast reactions, ``delay()``,
+SBML packages other than ``comp`` and elements without math are refused in one line naming
+the element; nothing is imported partially.
+
+libsbml's reaction converter (``replaceReactions``) is not used: it divides a reaction's
+rate by the compartment size even when that size changes, and drops conversion factors
+(SBML Test Suite cases 00051 and 00975 fail with it).
 
 :func:`read_sbml` returns an :class:`SbmlModel` whose ``simulate`` gives every SBML
 quantity as amount or concentration; :func:`from_sbml` returns the :class:`Model`.

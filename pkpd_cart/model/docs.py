@@ -78,6 +78,12 @@ def model_page(model: Model, diagram: str | None = None, appendix: str = "") -> 
                 + (f": {s.description}" if s.description else ""),
                 "",
             ]
+    if model.events:
+        lines += ["Events (the states jump when the trigger becomes true):", ""]
+        for ev in model.events:
+            sets = ", ".join(f"${_latex(sp.Symbol(k))} := {_latex(v)}$" for k, v in ev.assignments)
+            extra = f", delay ${_latex(ev.delay)}$" if ev.delay is not None else ""
+            lines += [f"- `{ev.name}`: when ${_latex(ev.trigger)}$: {sets}{extra}", ""]
 
     lines += [
         "## Observables",
