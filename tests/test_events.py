@@ -130,3 +130,16 @@ def test_events_survive_an_sbml_round_trip(build):
     b = pk.simulate(back, TIMES, options=TIGHT)
     cols = [list(back.states).index(s) for s in model.states]
     assert np.allclose(a, b.states[:, cols], rtol=1e-9, atol=1e-12)
+
+
+def test_a_dose_can_trigger_an_event():
+    """Doses at a time come first; events then see the dosed states (here: a bolus
+    pushes A over a threshold, and a flag records it at the dose time)."""
+    b = pk.ModelBuilder("dosed")
+    A = b.state("A", "mg", initial=0.0, dose_target=True)
+    flag = b.state("flag", "1", initial=0.0)
+    b.add_term(A, 0)
+    b.add_term(flag, 0)
+    b.event("over", A > 5, {flag: 1.0})
+    traj = pk.simulate(b.build(), [0.0, 0.5, 1.0, 2.0], doses=[pk.Dose(1.0, 10.0, "A")])
+    assert traj.states[:, 1].tolist() == [0.0, 0.0, 1.0, 1.0]

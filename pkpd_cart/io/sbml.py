@@ -255,8 +255,6 @@ def to_sbml(model: Model, path: str | Path | None = None, doses: list[Dose] = ()
         rule = m.createAssignmentRule()
         rule.setVariable(o.name)
         rule.setMath(_math(libsbml, fml(o.expr), f"observable {o.name}"))
-    for ev in model.events:  # model events, with all their SBML attributes
-        _model_event(libsbml, m, ev, fml)
     for i, d in enumerate(doses):
         if d.target not in model.states:
             raise ModelDefinitionError(f"SBML export: dose target '{d.target}' is not a state")
@@ -276,6 +274,8 @@ def to_sbml(model: Model, path: str | Path | None = None, doses: list[Dose] = ()
             d.target,
             f"{d.target} + {d.amount!r}",
         )
+    for ev in model.events:  # after the dose events: at one time, doses come first
+        _model_event(libsbml, m, ev, fml)
     text = libsbml.writeSBMLToString(doc)
     if path is not None:
         Path(path).write_text(text)

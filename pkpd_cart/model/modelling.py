@@ -169,7 +169,8 @@ class Event:
     made its trigger false (SBML's ``useValuesFromTriggerTime`` and ``persistent``).
     With a ``delay`` (time units, evaluated when the trigger rises) the assignments run
     that much later; among executions due at the same time the highest ``priority``
-    (evaluated then) goes first. Sensitivities across delayed events are refused.
+    (evaluated then) goes first. Doses at the same time come before events, so a trigger
+    sees the dosed states. Sensitivities across delayed events are refused.
     """
 
     name: str

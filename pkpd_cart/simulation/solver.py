@@ -635,8 +635,6 @@ def simulate(
                 new[k] = 1.0
                 y = run.switch_jump(y, at, sw, new, k)
                 sw = new
-        if events is not None:
-            y = _model_events(events, y, sw, at, first, lambda x: compiled.rhs(x, at, p, sw) + u)
         if at in doses_at:
             y = y.copy()
             for i, amount, rate in doses_at[at]:
@@ -644,6 +642,8 @@ def simulate(
                 u[i] += rate
                 if abs(u[i]) <= 1e-12 * abs(rate):  # an infusion ended: no rounding residue
                     u[i] = 0.0
+        if events is not None:  # after the doses: a trigger sees the dosed states
+            y = _model_events(events, y, sw, at, first, lambda x: compiled.rhs(x, at, p, sw) + u)
         return y, sw
 
     out_y = np.empty((len(times), y.size))
