@@ -115,16 +115,12 @@ def test_reactions_and_rate_rules_are_read():
             "",  # a state-dependent trigger is imported (see test_sbml_events.py)
         ),
         (
-            RATE,
-            """<listOfEvents><event id="late" useValuesFromTriggerTime="true">
-         <trigger initialValue="false" persistent="true"><math
-         xmlns="http://www.w3.org/1998/Math/MathML"><apply><geq/><csymbol encoding="text"
-         definitionURL="http://www.sbml.org/sbml/symbols/time">t</csymbol><cn>2</cn></apply>
-         </math></trigger><delay><math xmlns="http://www.w3.org/1998/Math/MathML"><cn>1</cn>
-         </math></delay><listOfEventAssignments><eventAssignment variable="k"><math
-         xmlns="http://www.w3.org/1998/Math/MathML"><cn>1</cn></math></eventAssignment>
-         </listOfEventAssignments></event></listOfEvents>""",
-            "event 'late' has a delay, which pkpd_cart cannot represent",
+            # a delay differential equation (event delays are imported)
+            """<rateRule variable="x"><math xmlns="http://www.w3.org/1998/Math/MathML"><apply>
+         <csymbol encoding="text" definitionURL="http://www.sbml.org/sbml/symbols/delay">delay
+         </csymbol><ci>x</ci><cn>1</cn></apply></math></rateRule>""",
+            "",
+            "rate rule of 'x' uses delay(), which pkpd_cart cannot represent",
         ),
     ],
 )
