@@ -1,0 +1,120 @@
+"""SAEM: against the exact likelihood of a model linear in its random effect (fast), and
+against NONMEM 7.5.1's SAEM run of the phenobarbital model (slow)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.optimize import minimize
+from test_nlme import pheno_data, pheno_population
+
+import pkpd_cart as pk
+from pkpd_cart.errors import FitError, InputError
+from pkpd_cart.estimation.saem import SaemOptions, fit_saem
+from pkpd_cart.model.population_model import PopulationModel
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def level_model() -> pk.Model:
+    m = pk.ModelBuilder("level", description="a constant level")
+    P = m.parameter("P", 5.0, "mg/L", lower=-100, upper=100)
+    x = m.state("x", "mg/L", initial=P)
+    m.add_term(x, 0 * x)
+    m.observable("y", x, "mg/L")
+    return m.build()
+
+
+@pytest.fixture(scope="module")
+def linear_case():
+    """y_ij = P_i + e_ij, P_i = theta + eta_i (SYNTHETIC data, seeded): the marginal
+    likelihood is Gaussian, so -2LL and the ML estimates are known exactly."""
+    rng = np.random.default_rng(7)
+    rows, subjects = [], []
+    for i in range(40):
+        n = 1 + i % 4
+        y = 5.0 + rng.normal(0, math.sqrt(0.5)) + rng.normal(0, 0.3, n)
+        subjects.append(y)
+        rows += [{"ID": i + 1, "TIME": float(t), "EVID": 0, "DV": v, "DVID": "y"}
+                 for t, v in enumerate(y)]  # fmt: skip
+    data = pk.dataset_from_frame(pd.DataFrame(rows), source="linear (SYNTHETIC)")
+
+    def minus2ll(theta, omega, sd):
+        total = 0.0
+        for y in subjects:
+            n = len(y)
+            C = omega * np.ones((n, n)) + sd**2 * np.eye(n)
+            e = y - theta
+            total += n * LOG_2PI + np.linalg.slogdet(C)[1] + e @ np.linalg.solve(C, e)
+        return total
+
+    best = minimize(
+        lambda x: minus2ll(x[0], math.exp(x[1]), math.exp(x[2])),
+        [5.0, math.log(0.5), math.log(0.3)],
+        method="Nelder-Mead",
+        options={"xatol": 1e-8, "fatol": 1e-10, "maxiter": 5000},
+    )
+    mle = (best.x[0], math.exp(best.x[1]), math.exp(best.x[2]))
+    pop = PopulationModel(level_model())
+    pop.normal("P", 4.0, omega=1.0)
+    pop.error("y", pk.ErrorModel.additive(0.6))
+    fit = fit_saem(pop, data, SaemOptions(k1=150, k2=150, seed=3, is_samples=400))
+    return fit, mle, minus2ll
+
+
+def test_saem_reaches_the_exact_maximum_likelihood(linear_case):
+    fit, (theta, omega, sd), _ = linear_case
+    assert fit.theta["tv_P"] == pytest.approx(theta, rel=0.005)
+    assert fit.omega[0, 0] == pytest.approx(omega, rel=0.05)
+    assert fit.sigma[("y", "add")] == pytest.approx(sd, rel=0.03)
+
+
+def test_importance_sampling_matches_the_exact_likelihood(linear_case):
+    """The IS estimate of -2LL at the SAEM estimates against the closed form there."""
+    fit, _, minus2ll = linear_case
+    exact = minus2ll(fit.theta["tv_P"], fit.omega[0, 0], fit.sigma[("y", "add")])
+    assert 0 < fit.minus2ll_se < 1.0
+    assert abs(fit.minus2ll - exact) < 4 * fit.minus2ll_se + 0.05
+    n_obs = 100
+    assert fit.ofv == pytest.approx(fit.minus2ll - n_obs * LOG_2PI)
+
+
+def test_history_and_reproducibility(linear_case):
+    fit, _, _ = linear_case
+    assert len(fit.history["tv_P"]) == 300
+    assert fit.chains == 2  # ceil(50 / 40 subjects), as saemix
+    assert "SAEM fit of 'level'" in fit.summary()
+
+
+def test_bad_requests_are_refused():
+    with pytest.raises(InputError, match="k1 and k2 must be >= 1"):
+        SaemOptions(k1=0)
+    with pytest.raises(InputError, match="kernels must be 3 counts"):
+        SaemOptions(kernels=(1, 1))
+    pop = PopulationModel(level_model())
+    tv, offset = pop.theta("tv_P", 4.0), pop.theta("offset", 1.0)
+    pop.individual("P", tv + pop.eta("eta_P", 1.0) * offset)  # offset scales eta: no mu
+    pop.error("y", pk.ErrorModel.additive(0.6))
+    data = pk.dataset_from_frame(
+        pd.DataFrame([{"ID": 1, "TIME": 0.0, "EVID": 0, "DV": 1.0, "DVID": "y"}])
+    )
+    with pytest.raises(FitError, match="parameter 'P' is not mu-referenced"):
+        fit_saem(pop, data)
+
+
+@pytest.mark.slow
+def test_pheno_matches_nonmem_saem():
+    """NONMEM 7.5.1 SAEM (pheno_saem.ext, ISAMPLE=5): theta within 5%, omega within 20%."""
+    fit = fit_saem(
+        pheno_population(False),
+        pheno_data(),
+        SaemOptions(k1=150, k2=250, chains=5, seed=1, is_samples=200),
+    )
+    assert fit.theta["tv_CL"] == pytest.approx(5.61554e-03, rel=0.05)
+    assert fit.theta["tv_V"] == pytest.approx(1.39713, rel=0.05)
+    assert fit.omega[0, 0] == pytest.approx(1.32337e-01, rel=0.20)
+    assert fit.omega[1, 1] == pytest.approx(1.99377e-01, rel=0.20)
+    assert fit.sigma[("C", "prop")] ** 2 == pytest.approx(1.52465e-02, rel=0.20)
