@@ -45,7 +45,6 @@ from pkpd_cart.estimation.population_objective import subjects_from_dataset
 from pkpd_cart.model.population_model import PopulationModel
 from pkpd_cart.simulation.solver import BatchRun, SolverOptions
 
-
 # The chains need likelihood ratios, not 8 digits: rtol 1e-6 changes pheno's log-likelihood
 # by 1e-3 (Monte Carlo noise is far larger) and costs 8 ms per pass instead of 12.8 ms.
 SAMPLING_SOLVER = SolverOptions(rtol=1e-6, atol=1e-8)
