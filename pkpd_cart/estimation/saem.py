@@ -103,6 +103,31 @@ class SaemResult:
     seconds: float = 0.0
     options: SaemOptions = field(default_factory=SaemOptions)
 
+    def plot_convergence(self, path=None):
+        """One panel per estimate over the iterations, the end of exploration marked; the
+        figure is written to ``path`` (PNG, ...) if given, and returned."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        names = list(self.history)
+        cols = min(3, len(names))
+        rows = math.ceil(len(names) / cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.6 * rows), squeeze=False)
+        for ax, name in zip(axes.ravel(), names):
+            ax.plot(np.arange(1, len(self.history[name]) + 1), self.history[name], lw=1)
+            ax.axvline(self.options.k1, color="grey", ls=":", lw=1)
+            ax.set_title(name, fontsize=9)
+            ax.set_xlabel("iteration", fontsize=8)
+        for ax in axes.ravel()[len(names) :]:
+            ax.axis("off")
+        fig.suptitle(f"SAEM convergence, '{self.population.name}' (dotted: end of k1)")
+        fig.tight_layout()
+        if path is not None:
+            fig.savefig(path, dpi=110)
+        return fig
+
     def summary(self) -> str:
         pop = self.population
         lines = [
