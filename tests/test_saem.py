@@ -178,3 +178,48 @@ def test_censored_records_m3_match_the_exact_likelihood():
     assert fit.sigma[("y", "add")] == pytest.approx(sd, rel=0.03)
     exact = minus2ll(fit.theta["tv_P"], fit.omega[0, 0], fit.sigma[("y", "add")])
     assert abs(fit.minus2ll - exact) < 4 * fit.minus2ll_se + 0.05
+
+
+def test_a_theta_without_random_effect_is_estimated():
+    """y_ij = P_i + S t_j: S has no random effect (SYNTHETIC data). It gets a vanishing
+    artificial one; SAEM must land on the exact ML estimate of S, not its initial value."""
+    m = pk.ModelBuilder("sloped", description="a level with a common slope")
+    P = m.parameter("P", 5.0, "mg/L", lower=-100, upper=100)
+    S = m.parameter("S", 0.0, "mg/L/h", lower=-100, upper=100)
+    x = m.state("x", "mg/L", initial=P)
+    m.add_term(x, 0 * x)
+    m.observable("y", x + S * pk.t, "mg/L")
+    rng = np.random.default_rng(17)
+    rows, subjects = [], []
+    for i in range(40):
+        n = 2 + i % 3
+        times = np.arange(n, dtype=float)
+        y = 5.0 + rng.normal(0, math.sqrt(0.5)) - 0.7 * times + rng.normal(0, 0.3, n)
+        subjects.append((times, y))
+        rows += [{"ID": i + 1, "TIME": t, "EVID": 0, "DV": v, "DVID": "y"}
+                 for t, v in zip(times, y)]  # fmt: skip
+    data = pk.dataset_from_frame(pd.DataFrame(rows), source="sloped (SYNTHETIC)")
+
+    def minus2ll(x):
+        theta, slope, omega, sd = x[0], x[1], math.exp(x[2]), math.exp(x[3])
+        total = 0.0
+        for times, y in subjects:
+            n = len(y)
+            C = omega * np.ones((n, n)) + sd**2 * np.eye(n)
+            e = y - theta - slope * times
+            total += np.linalg.slogdet(C)[1] + e @ np.linalg.solve(C, e)
+        return total
+
+    best = minimize(minus2ll, [5.0, 0.0, math.log(0.5), math.log(0.3)], method="BFGS",
+                    options={"gtol": 1e-8})  # fmt: skip
+    pop = PopulationModel(m.build())
+    pop.normal("P", 4.0, omega=1.0)
+    pop.individual("S", pop.theta("S", 0.0))
+    pop.error("y", pk.ErrorModel.additive(0.6))
+    fit = fit_saem(pop, data, SaemOptions(k1=150, k2=150, seed=2, is_samples=200))
+    assert abs(best.x[1] + 0.7) < 0.1  # the exact ML slope, near the truth
+    assert fit.theta["S"] == pytest.approx(best.x[1], abs=0.01)
+    assert fit.theta["tv_P"] == pytest.approx(best.x[0], rel=0.005)
+    assert fit.omega.shape == (1, 1)  # the artificial random effect is not reported
+    assert fit.omega[0, 0] == pytest.approx(math.exp(best.x[2]), rel=0.1)
+    assert "OMEGA(vanishing_S)" not in fit.history

@@ -25,8 +25,9 @@ through the Gaussian prior of ``phi`` and the M-step is cheap:
   subject's conditional mean and variance from the chains (as Monolix and saemix), with
   its Monte Carlo standard error.
 
-Every theta must reach the data through a random effect's mu (a theta without one is
-refused: fix it, or give it a random effect). Seeded and reproducible.
+A theta without a random effect gets an artificial one whose variance shrinks
+geometrically towards 0 during the run (Monolix's approach), so it is estimated through
+the same M-step. Seeded and reproducible.
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ from pkpd_cart.simulation.solver import BatchRun, SolverOptions
 # The chains need likelihood ratios, not 8 digits: rtol 1e-6 changes pheno's log-likelihood
 # by 1e-3 (Monte Carlo noise is far larger) and costs 8 ms per pass instead of 12.8 ms.
 SAMPLING_SOLVER = SolverOptions(rtol=1e-6, atol=1e-8)
+# Variance of the artificial random effect of a theta without one: x0.95 per iteration, so
+# about 1e-12 of its start after 500 iterations; never below the floor (Omega stays PD).
+VANISHING_RATE = 0.95
+VANISHING_FLOOR = 1e-12
 
 
 @dataclass(frozen=True)
@@ -171,6 +176,8 @@ def fit_saem(
 
 class _Saem:
     def __init__(self, pop: PopulationModel, data: Dataset, options: SaemOptions, solver):
+        self.original = pop
+        pop, self.annealed = _with_vanishing_effects(pop)
         self.pop, self.options = pop, options
         self.rng = np.random.default_rng(options.seed)
         self.subjects = subjects_from_dataset(pop, data)
@@ -361,6 +368,9 @@ class _Saem:
             scale = np.sqrt(np.maximum(d, 1e-12) / np.maximum(np.diag(omega), 1e-12))
             omega = omega * np.outer(scale, scale)
         omega = np.where(self.fixed_omega, self.omega, omega)
+        for j in self.annealed:  # a theta without random effect: its variance vanishes
+            omega[j, :] = omega[:, j] = 0.0
+            omega[j, j] = max(VANISHING_RATE * self.omega[j, j], VANISHING_FLOOR)
         if np.all(np.linalg.eigvalsh(omega) > 0):
             self.omega = omega
 
@@ -499,22 +509,58 @@ class _Saem:
     def result(self, minus2ll: float, se: float) -> SaemResult:
         theta = {n: float(self.theta[i]) for i, n in enumerate(self.theta_names)}
         n_normal = int(sum(len(s.y) - s.censored.sum() for s in self.subjects))
-        eta = self.phi_sum / self.n_kept - self.mu(self.theta)[: self.n_sub]
+        keep = [j for j in range(self.n_eta) if j not in self.annealed]
+        eta = (self.phi_sum / self.n_kept - self.mu(self.theta)[: self.n_sub])[:, keep]
+        history = {
+            k: np.asarray(v)
+            for k, v in self.history.items()
+            if not any(k == f"OMEGA({self.pop.etas[j]})" for j in self.annealed)
+        }
         return SaemResult(
-            population=self.pop,
+            population=self.original,
             theta=theta,
-            omega=self.omega.copy(),
+            omega=self.omega[np.ix_(keep, keep)].copy(),
             sigma=dict(self.sigma),
             minus2ll=minus2ll,
             minus2ll_se=se,
             ofv=minus2ll - n_normal * LOG_2PI,
             eta=eta,
             subject_ids=[s.id for s in self.subjects],
-            history={k: np.asarray(v) for k, v in self.history.items()},
+            history=history,
             n_observations=self.n_obs_records,
             chains=self.chains,
             options=self.options,
         )
+
+
+def _with_vanishing_effects(pop: PopulationModel) -> tuple[PopulationModel, list[int]]:
+    """A copy of ``pop`` in which every estimated theta that reaches no random effect gets
+    an artificial one (``theta exp(eta)`` if positive, else ``theta + eta``) whose
+    variance the M-step shrinks geometrically to almost 0, as Monolix estimates
+    parameters without variability; the indices of those random effects."""
+    import copy
+
+    with_eta = set()
+    for expr in pop.individual_expressions.values():
+        if any(sp.Symbol(e, real=True) in expr.free_symbols for e in pop.etas):
+            with_eta |= {s.name for s in expr.free_symbols}
+    lonely = [n for n, th in pop.thetas.items() if not th.fixed and n not in with_eta]
+    if not lonely:
+        return pop, []
+    aug = copy.deepcopy(pop)
+    indices = []
+    for name in lonely:
+        th = aug.thetas[name]
+        positive = th.lower >= 0 and th.value > 0
+        variance = 0.1 if positive else (0.3 * max(abs(th.value), 1.0)) ** 2
+        indices.append(len(aug.etas))
+        eta = aug.eta(f"vanishing_{name}", variance)
+        new = th.symbol * sp.exp(eta) if positive else th.symbol + eta
+        aug.individual_expressions = {
+            k: v.xreplace({th.symbol: new}) for k, v in aug.individual_expressions.items()
+        }
+    aug._compiled = None
+    return aug, indices
 
 
 def _mu_references(pop: PopulationModel):
@@ -556,10 +602,10 @@ def _mu_references(pop: PopulationModel):
         used |= {str(s) for s in mu.free_symbols}
     names = list(pop.thetas)
     idle = [n for n, th in pop.thetas.items() if n not in used and not th.fixed]
-    if idle:
+    if idle:  # a theta that enters together with a random effect, but not through mu
         raise FitError(
-            f"SAEM of '{pop.name}': theta(s) {', '.join(idle)} have no random effect; fix "
-            "them or give them one (estimating them is not implemented yet)"
+            f"SAEM of '{pop.name}': theta(s) {', '.join(idle)} enter no random effect's mu "
+            "(write the parameter as exp(mu + eta) or mu + eta)"
         )
     fn = sp.lambdify((thetas, covs), mus, modules="numpy")
     return fn, [names.index(n) for n in names if n in used]
