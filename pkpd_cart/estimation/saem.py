@@ -228,14 +228,16 @@ class _Saem:
             [np.broadcast_to(np.asarray(v, dtype=float), (self.n_ps,)) for v in values]
         )
 
-    def predictions(self, phi: np.ndarray):
+    def predictions(self, phi: np.ndarray, first: int | None = None):
         """Per record F (log for log-normal observables) and all observables, and which
-        pseudo-subjects failed."""
+        pseudo-subjects failed; only the ``first`` pseudo-subjects are simulated if given."""
         eta = phi - self.mu(self.theta)
         with np.errstate(all="ignore"):
             P, _ = self.pop.individual_matrix(self.theta, eta, self.cov)
         bad = ~np.all(np.isfinite(P), axis=1)
         active = np.flatnonzero(~bad)
+        if first is not None:
+            active = active[active < first]
         OBS, _, status = self.batch.run(np.where(np.isfinite(P), P, 0.0), active)
         failed = bad.copy()
         failed[active[status[active] != 0]] = True
@@ -273,9 +275,9 @@ class _Saem:
             out = np.where(self.cens, cens, dens)
         return np.where(np.isfinite(out), out, -np.inf)
 
-    def loglik(self, phi: np.ndarray):
+    def loglik(self, phi: np.ndarray, first: int | None = None):
         """log p(y_i | phi_i) of every pseudo-subject (and the pieces for the M-step)."""
-        F, O, failed = self.predictions(phi)
+        F, O, failed = self.predictions(phi, first)
         V = self.variance(F, O, self.sigma)
         rec = self.record_loglik(F, V)
         ll = np.bincount(self.rec_ps, weights=np.where(np.isfinite(rec), rec, -1e300),
@@ -489,7 +491,7 @@ class _Saem:
             x = z / np.sqrt(rng.chisquare(nu, (self.n_sub, self.n_eta)) / nu)  # independent t
             phi = mean + np.einsum("sef,sf->se", chol, x)
             full = np.tile(phi, (self.chains, 1))
-            ll, _ = self.loglik(full)
+            ll, _ = self.loglik(full, first=self.n_sub)  # one chain's worth of subjects
             ll = ll[: self.n_sub]
             eta = phi - mu
             prior = -0.5 * (self.n_eta * LOG_2PI + logdet + np.einsum("se,ef,sf->s", eta, inv, eta))
