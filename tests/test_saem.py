@@ -87,6 +87,10 @@ def test_history_and_reproducibility(linear_case):
     assert len(fit.history["tv_P"]) == 300
     assert fit.chains == 2  # ceil(50 / 40 subjects), as saemix
     assert "SAEM fit of 'level'" in fit.summary()
+    # the result's population carries the estimates
+    assert fit.population.thetas["tv_P"].value == fit.theta["tv_P"]
+    assert np.array_equal(fit.population.omega, fit.omega)
+    assert fit.population.sigma_values()[("y", "add")] == fit.sigma[("y", "add")]
 
 
 def test_convergence_plot_is_written(linear_case, tmp_path):

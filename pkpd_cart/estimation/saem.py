@@ -84,7 +84,8 @@ class SaemOptions:
 
 @dataclass
 class SaemResult:
-    """Estimates of a SAEM fit.
+    """Estimates of a SAEM fit; ``population`` carries them (its ``draw`` simulates the
+    fitted population).
 
     ``minus2ll`` is -2 log-likelihood *with* the ``N log 2 pi`` constant (as Monolix and
     saemix print it), by importance sampling, with Monte Carlo SE ``minus2ll_se``;
@@ -518,8 +519,11 @@ class _Saem:
             for k, v in self.history.items()
             if not any(k == f"OMEGA({self.pop.etas[j]})" for j in self.annealed)
         }
+        estimates = self.original.with_values(
+            theta, self.omega[np.ix_(keep, keep)], dict(self.sigma)
+        )
         return SaemResult(
-            population=self.original,
+            population=estimates,
             theta=theta,
             omega=self.omega[np.ix_(keep, keep)].copy(),
             sigma=dict(self.sigma),
