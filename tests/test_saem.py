@@ -28,6 +28,17 @@ def level_model() -> pk.Model:
     return m.build()
 
 
+def exact_maximum(minus2ll) -> tuple[float, float, float]:
+    """(theta, omega, sd) minimising an exact -2LL(theta, omega, sd), from (5, 0.5, 0.3)."""
+    best = minimize(
+        lambda x: minus2ll(x[0], math.exp(x[1]), math.exp(x[2])),
+        [5.0, math.log(0.5), math.log(0.3)],
+        method="Nelder-Mead",
+        options={"xatol": 1e-8, "fatol": 1e-10, "maxiter": 5000},
+    )
+    return best.x[0], math.exp(best.x[1]), math.exp(best.x[2])
+
+
 @pytest.fixture(scope="module")
 def linear_case():
     """y_ij = P_i + e_ij, P_i = theta + eta_i (SYNTHETIC data, seeded): the marginal
@@ -51,13 +62,7 @@ def linear_case():
             total += n * LOG_2PI + np.linalg.slogdet(C)[1] + e @ np.linalg.solve(C, e)
         return total
 
-    best = minimize(
-        lambda x: minus2ll(x[0], math.exp(x[1]), math.exp(x[2])),
-        [5.0, math.log(0.5), math.log(0.3)],
-        method="Nelder-Mead",
-        options={"xatol": 1e-8, "fatol": 1e-10, "maxiter": 5000},
-    )
-    mle = (best.x[0], math.exp(best.x[1]), math.exp(best.x[2]))
+    mle = exact_maximum(minus2ll)
     pop = PopulationModel(level_model())
     pop.normal("P", 4.0, omega=1.0)
     pop.error("y", pk.ErrorModel.additive(0.6))
@@ -166,13 +171,7 @@ def test_censored_records_m3_match_the_exact_likelihood():
             total += -2 * np.log(np.sum(weights * np.exp(dens)) / math.sqrt(2 * math.pi))
         return total
 
-    best = minimize(
-        lambda x: minus2ll(x[0], math.exp(x[1]), math.exp(x[2])),
-        [5.0, math.log(0.5), math.log(0.3)],
-        method="Nelder-Mead",
-        options={"xatol": 1e-8, "fatol": 1e-10, "maxiter": 5000},
-    )
-    theta, omega, sd = best.x[0], math.exp(best.x[1]), math.exp(best.x[2])
+    theta, omega, sd = exact_maximum(minus2ll)
     pop = PopulationModel(level_model())
     pop.normal("P", 4.0, omega=1.0)
     pop.error("y", pk.ErrorModel.additive(0.6))

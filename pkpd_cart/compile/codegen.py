@@ -92,13 +92,7 @@ def real_powers(expr: sp.Expr) -> sp.Expr:
 
 
 # math functions that raise ValueError outside their domain in plain Python
-_DOMAIN_LIMITED = {
-    "atanh": "atanh",
-    "acosh": "acosh",
-    "asin": "asin",
-    "acos": "acos",
-    "gamma": "gamma",
-}
+_DOMAIN_LIMITED = ("atanh", "acosh", "asin", "acos", "gamma")
 
 
 class _Printer(PythonCodePrinter):
@@ -158,14 +152,8 @@ class _Printer(PythonCodePrinter):
             return f"_digamma({self._print(expr.args[1])})"
         return self._print_not_supported(expr)
 
-    def _print_Function(self, expr):
-        name = type(expr).__name__
-        if name in _DOMAIN_LIMITED:  # nan outside the domain, as numba, not ValueError
-            return f"_{name}({self._print(expr.args[0])})"
-        return super()._print_Function(expr)
-
-    _print_atanh = _print_acosh = _print_asin = _print_acos = _print_Function
-    _print_acoth = _print_gamma = _print_Function
+    def _print_domain_limited(self, expr):  # nan outside the domain, as numba: no ValueError
+        return f"_{type(expr).__name__}({self._print(expr.args[0])})"
 
     def _print_Float(self, expr):
         return repr(float(expr))
@@ -175,6 +163,10 @@ class _Printer(PythonCodePrinter):
 
     def _print_Integer(self, expr):
         return f"{float(expr)!r}"
+
+
+for _name in _DOMAIN_LIMITED:
+    setattr(_Printer, f"_print_{_name}", _Printer._print_domain_limited)
 
 
 def _printer() -> _Printer:
@@ -258,42 +250,6 @@ def _digamma(x):
 
 
 @_jit
-def _atanh(x):
-    try:
-        return math.atanh(x)
-    except Exception:  # numba: never raised
-        return math.nan
-
-@_jit
-def _acosh(x):
-    try:
-        return math.acosh(x)
-    except Exception:  # numba: never raised
-        return math.nan
-
-@_jit
-def _asin(x):
-    try:
-        return math.asin(x)
-    except Exception:  # numba: never raised
-        return math.nan
-
-@_jit
-def _acos(x):
-    try:
-        return math.acos(x)
-    except Exception:  # numba: never raised
-        return math.nan
-
-@_jit
-def _gamma(x):
-    try:
-        return math.gamma(x)
-    except Exception:  # numba: never raised
-        return math.nan
-
-
-@_jit
 def _max(a, b):
     return a if a >= b else b
 
@@ -302,6 +258,17 @@ def _max(a, b):
 def _min(a, b):
     return a if a <= b else b
 '''
+HELPERS += "".join(
+    f"""
+@_jit
+def _{name}(x):
+    try:
+        return math.{name}(x)
+    except Exception:  # plain Python raises ValueError outside the domain; numba never
+        return math.nan
+"""
+    for name in _DOMAIN_LIMITED
+)
 
 
 @dataclass

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pkpd_cart.estimation.records import RecordLayout
 from pkpd_cart.simulation.solver import BatchRun, Dose, SolverOptions
 
 LOG_2PI = math.log(2 * math.pi)
@@ -146,17 +147,10 @@ class BatchConditional:
         records = [(s.times, s.doses) for s in subjects]
         self.batch = BatchRun(so.compiled, records, so.options, so.varying)
 
-        row_ptr = self.batch.row_ptr
-        self.rec_subject = np.concatenate(
-            [np.full(len(s.y), i, dtype=np.int64) for i, s in enumerate(subjects)]
-        )
-        self.rec_row = np.concatenate([row_ptr[i] + s.t_index for i, s in enumerate(subjects)])
-        self.rec_obs = np.concatenate([s.o_index for s in subjects])
-        self.y = np.concatenate([s.y for s in subjects])
-        self.cens = np.concatenate([s.censored for s in subjects])
-        self.limit = np.concatenate([s.limit for s in subjects])
-        self.logn = np.concatenate([s.lognormal for s in subjects])
-        self.cov = np.array([s.covariates for s in subjects]).reshape(self.n_sub, -1)
+        lay = RecordLayout.of(subjects, self.batch.row_ptr)
+        self.rec_subject, self.rec_row, self.rec_obs = lay.subject, lay.row, lay.obs
+        self.y, self.cens, self.limit, self.logn = lay.y, lay.cens, lay.limit, lay.logn
+        self.cov = lay.cov
         self.n_par = len(self.pop.model.parameters)
 
     # -- per-record pieces -------------------------------------------------------------

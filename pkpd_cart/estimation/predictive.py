@@ -22,6 +22,7 @@ import numpy as np
 from pkpd_cart.data.dataset import Dataset
 from pkpd_cart.errors import InputError
 from pkpd_cart.estimation.population_objective import subjects_from_dataset
+from pkpd_cart.estimation.records import RecordLayout, residual_variance
 from pkpd_cart.model.population_model import PopulationModel
 from pkpd_cart.simulation.solver import BatchRun, SolverOptions
 
@@ -60,17 +61,11 @@ def simulate_design(
     batch = BatchRun(
         model.compile(), [(s.times, s.doses) for s in subjects], solver or SolverOptions()
     )
-    rec_row = np.concatenate([batch.row_ptr[i] + s.t_index for i, s in enumerate(subjects)])
-    rec_sub = np.concatenate([np.full(len(s.y), i) for i, s in enumerate(subjects)])
-    rec_obs = np.concatenate([s.o_index for s in subjects])
-    logn = np.concatenate([s.lognormal for s in subjects])
-    cens = np.concatenate([s.censored for s in subjects])
-    y = np.concatenate([s.y for s in subjects])
-    limit = np.concatenate([s.limit for s in subjects])
-    cov = np.array([s.covariates for s in subjects], dtype=float).reshape(len(subjects), -1)
+    lay = RecordLayout.of(subjects, batch.row_ptr)
+    rec_row, rec_sub, rec_obs, logn = lay.row, lay.subject, lay.obs, lay.logn
+    cens, y, limit, cov = lay.cens, lay.y, lay.limit, lay.cov
     theta = pop.theta_vector()
     sigma = pop.sigma_values()
-    compiled_pop = pop.compile()
     rng = np.random.default_rng(seed)
     all_subjects = np.arange(len(subjects))
 
@@ -83,18 +78,6 @@ def simulate_design(
         O = OBS[rec_row]
         return O, O[np.arange(len(y)), rec_obs]
 
-    def variance(F, O):
-        V = np.empty_like(F)
-        for k, obs in enumerate(observables):
-            sel = rec_obs == k
-            if not sel.any():
-                continue
-            Vf = compiled_pop.variance[obs][0]
-            sig = [sigma[(obs, name)] for name in pop.residuals[obs].error_model.sigma_names]
-            cols = [O[sel, m] for m in range(O.shape[1])]
-            V[sel] = np.broadcast_to(np.asarray(Vf(F[sel], cols, sig), dtype=float), (sel.sum(),))
-        return V
-
     n_eta = len(pop.etas)
     _, pred = predict(np.zeros((len(subjects), n_eta)))
     chol = np.linalg.cholesky(pop.omega) if n_eta else np.zeros((0, 0))
@@ -104,7 +87,8 @@ def simulate_design(
             eta = rng.standard_normal((len(subjects), n_eta)) @ chol.T
             O, f = predict(eta)
             F = np.where(logn, np.log(np.maximum(f, 1e-300)), f)
-            sim = F + np.sqrt(variance(F, O)) * rng.standard_normal(len(y))
+            V = residual_variance(pop, F, O, rec_obs, sigma)
+            sim = F + np.sqrt(V) * rng.standard_normal(len(y))
             out[r] = np.where(logn, np.exp(sim), sim)
     observed = np.where(cens, np.nan, np.where(logn, np.exp(y), y))
     frame = data.frame

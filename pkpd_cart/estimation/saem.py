@@ -43,6 +43,7 @@ from pkpd_cart.data.dataset import Dataset
 from pkpd_cart.errors import FitError, InputError
 from pkpd_cart.estimation.conditional import LOG_2PI
 from pkpd_cart.estimation.population_objective import subjects_from_dataset
+from pkpd_cart.estimation.records import RecordLayout, residual_variance
 from pkpd_cart.model.population_model import PopulationModel
 from pkpd_cart.simulation.solver import BatchRun, SolverOptions
 
@@ -195,19 +196,12 @@ class _Saem:
         records = [(s.times, s.doses) for s in self.subjects] * self.chains
         self.batch = BatchRun(compiled, records, solver)
         self.n_ps = self.n_sub * self.chains  # pseudo-subjects: subject i, chain c -> c*N + i
-        reps = [s for _ in range(self.chains) for s in self.subjects]
-        row_ptr = self.batch.row_ptr
-        self.rec_ps = np.concatenate([np.full(len(s.y), k) for k, s in enumerate(reps)])
-        self.rec_row = np.concatenate([row_ptr[k] + s.t_index for k, s in enumerate(reps)])
-        self.rec_obs = np.concatenate([s.o_index for s in reps])
-        self.y = np.concatenate([s.y for s in reps])
-        self.cens = np.concatenate([s.censored for s in reps])
-        self.limit = np.concatenate([s.limit for s in reps])
-        self.logn = np.concatenate([s.lognormal for s in reps])
-        self.cov = np.array([s.covariates for s in reps], dtype=float).reshape(self.n_ps, -1)
+        lay = RecordLayout.of(self.subjects * self.chains, self.batch.row_ptr)
+        self.rec_ps, self.rec_row, self.rec_obs = lay.subject, lay.row, lay.obs
+        self.y, self.cens, self.limit, self.logn = lay.y, lay.cens, lay.limit, lay.logn
+        self.cov = lay.cov
         self.n_obs_records = int(sum(len(s.y) for s in self.subjects))
         self.log_y_sum = float(sum(s.log_y_sum for s in self.subjects))
-        self.compiled_pop = pop.compile()
         self.sigma = {k: float(v) for k, v in pop.sigma_values().items()}
         self.fixed_sigma = {(o, n) for o, r in pop.residuals.items() for n in r.fixed}
         self.fixed_omega = np.zeros((self.n_eta, self.n_eta), dtype=bool)
@@ -249,21 +243,7 @@ class _Saem:
         return F, O, failed
 
     def variance(self, F: np.ndarray, O: np.ndarray, sigma: dict, select=None) -> np.ndarray:
-        V = np.full_like(F, np.nan)
-        for k, obs in enumerate(self.observables):
-            sel = self.rec_obs == k
-            if select is not None:
-                sel = sel & select
-            if not sel.any() or obs not in self.compiled_pop.variance:
-                continue
-            Vf = self.compiled_pop.variance[obs][0]
-            sig = [sigma[(obs, n)] for n in self.pop.residuals[obs].error_model.sigma_names]
-            cols = [O[sel, m] for m in range(O.shape[1])]
-            with np.errstate(all="ignore"):
-                V[sel] = np.broadcast_to(
-                    np.asarray(Vf(F[sel], cols, sig), dtype=float), (sel.sum(),)
-                )
-        return V
+        return residual_variance(self.pop, F, O, self.rec_obs, sigma, select)
 
     def record_loglik(self, F, V) -> np.ndarray:
         """log density of every record (censored: log P(y < LLOQ)), with the constant."""
@@ -279,12 +259,16 @@ class _Saem:
     def loglik(self, phi: np.ndarray, first: int | None = None):
         """log p(y_i | phi_i) of every pseudo-subject (and the pieces for the M-step)."""
         F, O, failed = self.predictions(phi, first)
-        V = self.variance(F, O, self.sigma)
-        rec = self.record_loglik(F, V)
-        ll = np.bincount(self.rec_ps, weights=np.where(np.isfinite(rec), rec, -1e300),
-                         minlength=self.n_ps)  # fmt: skip
+        ll = self.subject_loglik(F, O)
         ll[failed] = -np.inf
         return ll, (F, O)
+
+    def subject_loglik(self, F: np.ndarray, O: np.ndarray) -> np.ndarray:
+        """log p(y_i | predictions) of every pseudo-subject at the current sigma."""
+        rec = self.record_loglik(F, self.variance(F, O, self.sigma))
+        return np.bincount(
+            self.rec_ps, weights=np.where(np.isfinite(rec), rec, -1e300), minlength=self.n_ps
+        )
 
     def log_prior(self, phi: np.ndarray, mu: np.ndarray) -> np.ndarray:
         eta = phi - mu
@@ -445,13 +429,7 @@ class _Saem:
                 self.sigma[key] = math.sqrt(var_sigma[key])
             # given phi, only the new sigma changes the likelihood: no simulation needed
             F, O = pieces
-            rec = self.record_loglik(F, self.variance(F, O, self.sigma))
-            ll = np.where(
-                np.isfinite(ll),
-                np.bincount(self.rec_ps, weights=np.where(np.isfinite(rec), rec, -1e300),
-                            minlength=self.n_ps),
-                ll,
-            )  # fmt: skip
+            ll = np.where(np.isfinite(ll), self.subject_loglik(F, O), ll)
             if k > o.k1:
                 per_subject = phi.reshape(self.chains, self.n_sub, self.n_eta)
                 self.phi_sum += per_subject.sum(axis=0)

@@ -280,11 +280,3 @@ def to_sbml(model: Model, path: str | Path | None = None, doses: list[Dose] = ()
     if path is not None:
         Path(path).write_text(text)
     return text
-
-
-# -- import: pkpd_cart.io.sbml_import ---------------------------------------------------
-def from_sbml(path_or_text: str | Path, name: str | None = None) -> Model:
-    """Read an SBML model (see :mod:`pkpd_cart.io.sbml_import`)."""
-    from pkpd_cart.io.sbml_import import from_sbml as _from_sbml
-
-    return _from_sbml(path_or_text, name)

@@ -492,6 +492,7 @@ class _Importer:
         expressions = {k: self.rates.replace(v) for k, v in expressions.items()}
         initial = {k: self.rates.replace(v) for k, v in initial.items()}
         self.rates = _Rates(states, expressions, where)
+        self.events = self.read_events()
 
         # initial values in parameters only: states and expressions at the start
         at_start = {sp.Symbol(k, real=True): v for k, v in initial.items()}
@@ -655,40 +656,54 @@ class _Importer:
             used |= {str(s) for s in e.free_symbols}
         return used | self.event_symbols()
 
-    def event_symbols(self) -> set[str]:
-        out: set[str] = set()
-        for i, ev in enumerate(self.m.getListOfEvents()):
-            name = ev.getId() or f"event_{i + 1}"
-            out |= {str(s) for s in self.math(ev.getTrigger().getMath(), name).free_symbols}
-            for ea in ev.getListOfEventAssignments():
-                out |= {str(s) for s in self.math(ea.getMath(), name).free_symbols}
-            for extra in (ev.getDelay(), ev.getPriority()):
-                if extra is not None:
-                    out |= {str(s) for s in self.math(extra.getMath(), name).free_symbols}
-        return out
-
-    def event_math(self, element, where: str):
-        """The math of an event's delay or priority (None if the event has none)."""
-        if element is None:
-            return None
-        return self.rates.replace(self.math(element.getMath(), where))
-
-    def add_events(self, b: ModelBuilder, amount_states: dict[str, str]) -> None:
+    def read_events(self) -> list[dict]:
+        """Each SBML event read once: name, trigger, assigned values, delay, priority and
+        its flags (rateOf already replaced)."""
+        events = []
         for i, ev in enumerate(self.m.getListOfEvents()):
             name = ev.getId() or f"event_{i + 1}"
             element = f"event '{name}'"
-            trigger = self.rates.replace(
-                self.math(ev.getTrigger().getMath(), element, condition=True)
-            )
+            trig = ev.getTrigger()
+            trigger = self.rates.replace(self.math(trig.getMath(), element, condition=True))
             if not isinstance(trigger, sp.logic.boolalg.Boolean):
                 raise ModelDefinitionError(
                     f"{self.where}: {element}: trigger {trigger} is not a condition"
                 )
-            values = {
-                ea.getVariable(): self.rates.replace(self.math(ea.getMath(), element))
-                for ea in ev.getListOfEventAssignments()
-            }
+            extra = {}
+            for key, part in (("delay", ev.getDelay()), ("priority", ev.getPriority())):
+                extra[key] = (
+                    None if part is None else self.rates.replace(self.math(part.getMath(), element))
+                )
+            events.append(
+                dict(
+                    name=name,
+                    trigger=trigger,
+                    values={
+                        ea.getVariable(): self.rates.replace(self.math(ea.getMath(), element))
+                        for ea in ev.getListOfEventAssignments()
+                    },
+                    initial_value=bool(trig.getInitialValue())
+                    if trig.isSetInitialValue()
+                    else True,
+                    persistent=bool(trig.getPersistent()) if trig.isSetPersistent() else True,
+                    values_at_trigger=bool(ev.getUseValuesFromTriggerTime()),
+                    **extra,
+                )
+            )
+        return events
 
+    def event_symbols(self) -> set[str]:
+        out: set[str] = set()
+        for ev in self.events:
+            parts = [ev["trigger"], *ev["values"].values(), ev["delay"], ev["priority"]]
+            for part in parts:
+                if part is not None:
+                    out |= {str(s) for s in part.free_symbols}
+        return out
+
+    def add_events(self, b: ModelBuilder, amount_states: dict[str, str]) -> None:
+        for ev in self.events:
+            values = ev["values"]
             # An assigned concentration sets the amount at the size before the event; a
             # size changed by the event then dilutes it (SBML test cases 1779, 1506).
             assignments = {}
@@ -702,16 +717,12 @@ class _Importer:
                 if c in values and sid in self.rate_rules and not s.getHasOnlySubstanceUnits():
                     conc = values.get(sid, sp.Symbol(sid, real=True))
                     assignments[sid] = conc * sp.Symbol(c, real=True) / values[c]
-            trig = ev.getTrigger()
-            initial_value = trig.getInitialValue() if trig.isSetInitialValue() else True
             if not assignments:
                 continue  # an event that changes nothing
             b.event(
-                name, trigger, assignments, initial_value=bool(initial_value),
-                persistent=bool(trig.getPersistent()) if trig.isSetPersistent() else True,
-                values_at_trigger=bool(ev.getUseValuesFromTriggerTime()),
-                delay=self.event_math(ev.getDelay(), element),
-                priority=self.event_math(ev.getPriority(), element),
+                ev["name"], ev["trigger"], assignments, initial_value=ev["initial_value"],
+                persistent=ev["persistent"], values_at_trigger=ev["values_at_trigger"],
+                delay=ev["delay"], priority=ev["priority"],
             )  # fmt: skip
 
 

@@ -46,9 +46,8 @@ class EventRuntime:
         self.functions = _functions(model)
         self.events = model.events
         f = self.functions
-        self.time_events = sorted(f.time)
         self.state_events = [k for k in range(len(self.events)) if k not in f.time]
-        self.times = {k: float(f.time[k](*self.p)) for k in self.time_events}
+        self.times = {k: float(fn(*self.p)) for k, fn in f.time.items()}
         self.truth: dict[int, bool] = {}
         self.pending: list[tuple[float, int, int, np.ndarray | None]] = []
         self.rng = np.random.default_rng(20_221_124)  # ties of equal priority
