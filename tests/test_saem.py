@@ -67,6 +67,7 @@ def linear_case():
     pop.normal("P", 4.0, omega=1.0)
     pop.error("y", pk.ErrorModel.additive(0.6))
     fit = fit_saem(pop, data, SaemOptions(k1=150, k2=150, seed=3, is_samples=400))
+    fit.subjects_y, fit.data, fit.start = subjects, data, pop  # for the tests below
     return fit, mle, minus2ll
 
 
@@ -91,11 +92,73 @@ def test_history_and_reproducibility(linear_case):
     fit, _, _ = linear_case
     assert len(fit.history["tv_P"]) == 300
     assert fit.chains == 2  # ceil(50 / 40 subjects), as saemix
-    assert "SAEM fit of 'level'" in fit.summary()
+    assert "Population fit of 'level' by SAEM" in fit.summary()
     # the result's population carries the estimates
     assert fit.population.thetas["tv_P"].value == fit.theta["tv_P"]
     assert np.array_equal(fit.population.omega, fit.omega)
     assert fit.population.sigma_values()[("y", "add")] == fit.sigma[("y", "add")]
+
+
+def expected_information(subjects, theta, omega, sd) -> np.ndarray:
+    """The exact expected Fisher information of (theta, omega, sd) of the linear case."""
+    info = np.zeros((3, 3))
+    for y in subjects:
+        n = len(y)
+        Ci = np.linalg.inv(omega * np.ones((n, n)) + sd**2 * np.eye(n))
+        dm = [np.ones(n), np.zeros(n), np.zeros(n)]
+        dV = [np.zeros((n, n)), np.ones((n, n)), 2 * sd * np.eye(n)]
+        for a in range(3):
+            for b in range(3):
+                info[a, b] += dm[a] @ Ci @ dm[b] + 0.5 * np.trace(Ci @ dV[a] @ Ci @ dV[b])
+    return info
+
+
+def observed_information(minus2ll, x, h=1e-4) -> np.ndarray:
+    """Half the Hessian of an exact -2LL at x, by central differences."""
+    x = np.asarray(x, dtype=float)
+    H = np.zeros((len(x), len(x)))
+    for i in range(len(x)):
+        for j in range(len(x)):
+            hi, hj = h * max(1, abs(x[i])), h * max(1, abs(x[j]))
+
+            def at(di, dj, i=i, j=j):
+                z = x.copy()
+                z[i] += di
+                z[j] += dj
+                return minus2ll(*z)
+
+            H[i, j] = (at(hi, hj) - at(hi, -hj) - at(-hi, hj) + at(-hi, -hj)) / (4 * hi * hj)
+    return H / 2
+
+
+def test_linearised_standard_errors_and_likelihood_are_exact_for_a_linear_model(linear_case):
+    """The model is linear in its random effect, so the linearisation is exact: the
+    linearised Fisher information is the exact expected one, and the linearised -2LL the
+    exact -2LL, at the SAEM estimates."""
+    fit, _, minus2ll = linear_case
+    x = (fit.theta["tv_P"], fit.omega[0, 0], fit.sigma[("y", "add")])
+    exact_se = np.sqrt(np.diag(np.linalg.inv(expected_information(fit.subjects_y, *x))))
+    assert fit.parameters["se"].to_numpy() == pytest.approx(exact_se, rel=1e-5)
+    assert fit.minus2ll_lin == pytest.approx(minus2ll(*x), abs=1e-8)
+    assert fit.covariance_method == "linearised Fisher information (lin)"
+    # RSE and the log-scale interval of the variance follow from the SE
+    omega = fit.parameters.iloc[1]
+    assert omega.rse_pct == pytest.approx(100 * exact_se[1] / x[1], rel=1e-5)
+    assert omega.lower_95 == pytest.approx(x[1] / math.exp(1.959964 * exact_se[1] / x[1]))
+
+
+def test_louis_standard_errors_match_the_observed_information(linear_case):
+    """Louis' formula over the smoothing samples ('sa') against the exact observed
+    information (the Hessian of the exact -2LL) at the same estimates: within 3%."""
+    fit, _, minus2ll = linear_case
+    data = fit.data
+    sa = fit_saem(
+        fit.start, data, SaemOptions(k1=150, k2=150, seed=3, is_samples=100), covariance="sa"
+    )
+    x = (sa.theta["tv_P"], sa.omega[0, 0], sa.sigma[("y", "add")])
+    exact_se = np.sqrt(np.diag(np.linalg.inv(observed_information(minus2ll, x))))
+    assert sa.parameters["se"].to_numpy() == pytest.approx(exact_se, rel=0.03)
+    assert sa.covariance_method.startswith("Louis' observed information")
 
 
 def test_convergence_plot_is_written(linear_case, tmp_path):
@@ -123,12 +186,35 @@ def test_bad_requests_are_refused():
 
 @pytest.mark.slow
 def test_pheno_matches_nonmem_saem():
-    """NONMEM 7.5.1 SAEM (pheno_saem.ext, ISAMPLE=5): theta within 5%, omega within 20%."""
+    """NONMEM 7.5.1 SAEM (pheno_saem.ext, ISAMPLE=5): theta within 5%, omega within 20%;
+    the SEs of its $COV (the S matrix) within 10%; and NONMEM's FOCE-I estimates
+    (pheno.ext) within one SAEM SE of the SAEM estimates."""
     fit = fit_saem(
         pheno_population(False),
         pheno_data(),
         SaemOptions(k1=150, k2=250, chains=5, seed=1, is_samples=200),
+        covariance="S",
     )
+    se = dict(zip(fit.parameters["name"], fit.parameters["se"]))
+    nonmem_se = {  # pheno_saem.ext, rows -1000000001 and -1000000005 (sigma as SD)
+        "tv_CL": 5.23660e-04,
+        "tv_V": 1.27232e-01,
+        "OMEGA(eta_CL)": 4.43791e-02,
+        "OMEGA(eta_V)": 4.08575e-02,
+        "SIGMA(C:prop)": 1.30457e-02,
+    }
+    for name, value in nonmem_se.items():
+        assert se[name] == pytest.approx(value, rel=0.10), name
+    focei = {  # pheno.ext, METHOD=1 INTERACTION, final estimates (sigma as SD)
+        "tv_CL": 5.81756e-03,
+        "tv_V": 1.44555,
+        "OMEGA(eta_CL)": 1.11053e-01,
+        "OMEGA(eta_V)": 2.01526e-01,
+        "SIGMA(C:prop)": math.sqrt(1.64177e-02),
+    }
+    estimate = dict(zip(fit.parameters["name"], fit.parameters["estimate"]))
+    for name, value in focei.items():
+        assert abs(estimate[name] - value) < se[name], name
     assert fit.theta["tv_CL"] == pytest.approx(5.61554e-03, rel=0.05)
     assert fit.theta["tv_V"] == pytest.approx(1.39713, rel=0.05)
     assert fit.omega[0, 0] == pytest.approx(1.32337e-01, rel=0.20)
@@ -226,3 +312,25 @@ def test_a_theta_without_random_effect_is_estimated():
     assert fit.omega.shape == (1, 1)  # the artificial random effect is not reported
     assert fit.omega[0, 0] == pytest.approx(math.exp(best.x[2]), rel=0.1)
     assert "OMEGA(vanishing_S)" not in fit.history
+    # the linearised SEs include the theta without random effect, exactly (linear model)
+    om, sd = fit.omega[0, 0], fit.sigma[("y", "add")]
+    info = np.zeros((4, 4))
+    for times, _ in subjects:
+        n = len(times)
+        Ci = np.linalg.inv(om * np.ones((n, n)) + sd**2 * np.eye(n))
+        dm = [np.ones(n), times, np.zeros(n), np.zeros(n)]
+        dV = [np.zeros((n, n))] * 2 + [np.ones((n, n)), 2 * sd * np.eye(n)]
+        for a in range(4):
+            for b in range(4):
+                info[a, b] += dm[a] @ Ci @ dm[b] + 0.5 * np.trace(Ci @ dV[a] @ Ci @ dV[b])
+    assert fit.parameters["se"].to_numpy() == pytest.approx(
+        np.sqrt(np.diag(np.linalg.inv(info))), rel=1e-5
+    )
+    with pytest.raises(
+        FitError,
+        match=r"SAEM standard errors 'sa' and 'S' need a random "
+        r"effect on every estimated theta \(S has none\); use covariance='lin'",
+    ):
+        fit_saem(pop, data, covariance="sa")
+    with pytest.raises(FitError, match="unknown SAEM covariance method 'louis'"):
+        fit_saem(pop, data, covariance="louis")

@@ -75,14 +75,20 @@ class PopulationFitResult:
             return None
         return float(self.eigenvalues.max() / self.eigenvalues.min())
 
-    def theta(self):
-        return self.parameters[self.parameters["kind"] == "theta"]
+    @property
+    def theta(self) -> dict[str, float]:
+        """The thetas by name (natural scale)."""
+        return {n: th.value for n, th in self.population.thetas.items()}
 
-    def omega(self):
-        return self.parameters[self.parameters["kind"] == "omega"]
+    @property
+    def omega(self) -> np.ndarray:
+        """Omega (variances and covariances of the random effects)."""
+        return np.array(self.population.omega, dtype=float)
 
-    def sigma(self):
-        return self.parameters[self.parameters["kind"] == "sigma"]
+    @property
+    def sigma(self) -> dict[tuple[str, str], float]:
+        """The residual-error SDs keyed ``(observable, name)``."""
+        return dict(self.population.sigma_values())
 
     def summary(self) -> str:
         """A text table as a pharmacometrician reads it."""

@@ -32,20 +32,36 @@ the same M-step. Seeded and reproducible.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import sympy as sp
 
 from pkpd_cart.data.dataset import Dataset
-from pkpd_cart.errors import FitError, InputError
+from pkpd_cart.errors import FitError, InputError, PkpdCartWarning
 from pkpd_cart.estimation.conditional import LOG_2PI
-from pkpd_cart.estimation.population_objective import subjects_from_dataset
+from pkpd_cart.estimation.outer import Layout
+from pkpd_cart.estimation.population_objective import PopulationObjective, subjects_from_dataset
+from pkpd_cart.estimation.population_result import (
+    PopulationFitResult,
+    assemble,
+    lmfit_parameters,
+)
 from pkpd_cart.estimation.records import RecordLayout, residual_variance
+from pkpd_cart.estimation.saem_information import (
+    SE_METHODS,
+    LouisAccumulator,
+    covariance_from,
+    linearised_information,
+)
 from pkpd_cart.model.population_model import PopulationModel
 from pkpd_cart.simulation.solver import BatchRun, SolverOptions
+
+DEFAULT_OPTIONS = SolverOptions()  # the EBEs and diagnostics, as after FOCE-I
 
 # The chains need likelihood ratios, not 8 digits: rtol 1e-6 changes pheno's log-likelihood
 # by 1e-3 (Monte Carlo noise is far larger) and costs 8 ms per pass instead of 12.8 ms.
@@ -84,28 +100,28 @@ class SaemOptions:
 
 
 @dataclass
-class SaemResult:
-    """Estimates of a SAEM fit; ``population`` carries them (its ``draw`` simulates the
-    fitted population).
+class SaemResult(PopulationFitResult):
+    """A SAEM fit: everything a :class:`PopulationFitResult` has (parameter table with SEs,
+    EBEs, diagnostics, shrinkage; ``population`` carries the estimates, so its ``draw``
+    simulates the fitted population), and SAEM's own outputs.
 
     ``minus2ll`` is -2 log-likelihood *with* the ``N log 2 pi`` constant (as Monolix and
     saemix print it), by importance sampling, with Monte Carlo SE ``minus2ll_se``;
-    ``ofv`` is the same without the constant (NONMEM's convention). ``eta`` holds each
-    subject's conditional mean of the random effects; ``history`` every estimate over the
+    ``ofv`` is the same without the constant (NONMEM's convention), and AIC and BIC use
+    it. ``minus2ll_lin`` is the linearised -2LL (uncensored records); ``ofv_focei`` the
+    FOCE-I objective at the SAEM estimates (nlmixr2 prints it for SAEM fits). ``eta``
+    holds each subject's conditional mean of the random effects over the smoothing
+    iterations (``ebes`` the conditional modes); ``history`` every estimate over the
     iterations (for convergence plots).
     """
 
-    population: PopulationModel
-    theta: dict[str, float]
-    omega: np.ndarray
-    sigma: dict[tuple[str, str], float]
-    minus2ll: float
-    minus2ll_se: float
-    ofv: float
-    eta: np.ndarray
-    subject_ids: list[str]
-    history: dict[str, np.ndarray] = field(repr=False)
-    n_observations: int = 0
+    minus2ll: float = math.nan
+    minus2ll_se: float = math.nan
+    minus2ll_lin: float = math.nan
+    ofv_focei: float = math.nan
+    eta: np.ndarray | None = field(default=None, repr=False)
+    subject_ids: list = field(default_factory=list)
+    history: dict = field(default_factory=dict, repr=False)
     chains: int = 1
     seconds: float = 0.0
     options: SaemOptions = field(default_factory=SaemOptions)
@@ -115,7 +131,7 @@ class SaemResult:
         figure is written to ``path`` (PNG, ...) if given, and returned."""
         import matplotlib
 
-        matplotlib.use("Agg")
+        matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt
 
         names = list(self.history)
@@ -129,29 +145,23 @@ class SaemResult:
             ax.set_xlabel("iteration", fontsize=8)
         for ax in axes.ravel()[len(names) :]:
             ax.axis("off")
-        fig.suptitle(f"SAEM convergence, '{self.population.name}' (dotted: end of k1)")
+        title = f"SAEM convergence, '{self.population.name}' (dotted: end of k1)"
+        fig.suptitle(title + (" - SYNTHETIC data" if self.synthetic else ""))
         fig.tight_layout()
         if path is not None:
             fig.savefig(path, dpi=110)
         return fig
 
     def summary(self) -> str:
-        pop = self.population
-        lines = [
-            f"SAEM fit of '{pop.name}': {len(self.subject_ids)} subjects, "
-            f"{self.n_observations} observations, {self.chains} chain(s), "
-            f"k1={self.options.k1}, k2={self.options.k2}, seed {self.options.seed}",
+        o = self.options
+        head = [
+            f"SAEM: {self.n_subjects} subjects, {self.chains} chain(s), k1={o.k1}, "
+            f"k2={o.k2}, seed {o.seed}, {self.seconds:.1f} s",
             f"-2LL {self.minus2ll:.3f} (importance sampling, MC SE {self.minus2ll_se:.3f}); "
-            f"without N log 2pi: {self.ofv:.3f}",
-            f"{'parameter':<24}{'estimate':>14}",
+            f"linearised {self.minus2ll_lin:.3f}; FOCE-I OFV at the estimates "
+            f"{self.ofv_focei:.3f}",
         ]
-        lines += [f"{k:<24}{v:>14.6g}" for k, v in self.theta.items()]
-        for j, name in enumerate(pop.etas):
-            lines.append(f"{'OMEGA(' + name + ')':<24}{self.omega[j, j]:>14.6g}")
-        for (obs, name), v in self.sigma.items():
-            lines.append(f"{'SIGMA(' + obs + ':' + name + ')':<24}{v:>14.6g}")
-        lines.append(f"time {self.seconds:.1f} s")
-        return "\n".join(lines)
+        return "\n".join(head + [PopulationFitResult.summary(self)])
 
 
 def fit_saem(
@@ -159,20 +169,52 @@ def fit_saem(
     data: Dataset,
     options: SaemOptions | None = None,
     solver: SolverOptions | None = None,
+    covariance: str | None = "lin",
 ) -> SaemResult:
     """Estimate ``population`` on ``data`` by SAEM (see the module docstring).
 
-    ``solver``: integrator settings for the chains (default :data:`SAMPLING_SOLVER`)."""
+    ``solver``: integrator settings for the chains (default :data:`SAMPLING_SOLVER`).
+    ``covariance``: the standard errors, from the linearised Fisher information
+    (``"lin"``, default, as saemix and nlmixr2), Louis' observed information over the
+    smoothing iterations (``"sa"``, Monolix), the subjects' score outer products (``"S"``,
+    NONMEM's ``$COV`` after SAEM), or None (see
+    :mod:`~pkpd_cart.estimation.saem_information`).
+    """
+    if not isinstance(population, PopulationModel):
+        raise FitError(f"fit_saem needs a PopulationModel, not {type(population).__name__}")
+    if not isinstance(data, Dataset):
+        raise FitError(f"fit_saem needs a Dataset (pk.read_dataset), not {type(data).__name__}")
+    if options is not None and not isinstance(options, SaemOptions):
+        raise FitError(f"options must be a pk.SaemOptions, not {type(options).__name__}")
+    if solver is not None and not isinstance(solver, SolverOptions):
+        raise FitError(f"solver must be a pk.SolverOptions, not {type(solver).__name__}")
+    if covariance is not None and covariance not in SE_METHODS:
+        raise FitError(
+            f"unknown SAEM covariance method {covariance!r}; choose one of 'lin', 'sa', 'S' or None"
+        )
     options = options or SaemOptions()
     started = time.perf_counter()
-    population.validate(for_estimation=True)
+    from pkpd_cart.errors import ModelDefinitionError
+
+    try:
+        population.validate(for_estimation=True)
+    except ModelDefinitionError as exc:
+        raise FitError(str(exc)) from None
     if not population.etas:
         raise FitError(f"SAEM of '{population.name}': the population model has no random effect")
     run = _Saem(population, data, options, solver or SAMPLING_SOLVER)
+    if covariance in ("sa", "S"):
+        run.louis = LouisAccumulator(run, Layout(population))
     run.iterate()
+    timings = {"estimation": time.perf_counter() - started}
+    t = time.perf_counter()
     minus2ll, se = run.importance_sampling()
-    result = run.result(minus2ll, se)
+    timings["likelihood"] = time.perf_counter() - t
+    result = run.result(minus2ll, se, covariance, timings)
+    result.synthetic = bool(getattr(data, "synthetic", False))
     result.seconds = time.perf_counter() - started
+    for w in result.warnings:
+        warnings.warn(w, PkpdCartWarning, stacklevel=2)
     return result
 
 
@@ -189,7 +231,7 @@ class _Saem:
         self.theta_names = list(pop.thetas)
         self.theta = pop.theta_vector()
         self.omega = pop.omega.copy()
-        self.mu_fn, self.mu_thetas = _mu_references(pop)
+        self.mu_fn, self.mu_thetas, self.mu_derivatives_fn = _mu_references(pop)
         model = pop.model
         self.observables = list(model.observables)
         compiled = model.compile()
@@ -213,6 +255,8 @@ class _Saem:
                     self.fixed_omega[a, b] = fixed
         self.delta = np.full(self.n_eta, 0.5) * np.sqrt(np.maximum(np.diag(self.omega), 1e-4))
         self.history: dict[str, list] = {}
+        self.louis: LouisAccumulator | None = None
+        self.n_passes = 0  # simulations of all pseudo-subjects
 
     # -- model pieces ------------------------------------------------------------------
     def mu(self, theta: np.ndarray) -> np.ndarray:
@@ -222,6 +266,23 @@ class _Saem:
         return np.column_stack(
             [np.broadcast_to(np.asarray(v, dtype=float), (self.n_ps,)) for v in values]
         )
+
+    def mu_derivatives(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``d mu / d theta`` (n_ps, n_eta, n_theta) and the second derivatives
+        (n_ps, n_eta, n_theta, n_theta) of every pseudo-subject."""
+        with np.errstate(all="ignore"):
+            first, second = self.mu_derivatives_fn(list(theta), list(self.cov.T))
+        q, p = self.n_eta, len(theta)
+        d1 = np.zeros((self.n_ps, q, p))
+        d2 = np.zeros((self.n_ps, q, p, p))
+        for a in range(q):
+            for k in range(p):
+                d1[:, a, k] = np.broadcast_to(np.asarray(first[a][k], dtype=float), (self.n_ps,))
+                for m in range(p):
+                    d2[:, a, k, m] = np.broadcast_to(
+                        np.asarray(second[a][k][m], dtype=float), (self.n_ps,)
+                    )
+        return d1, d2
 
     def predictions(self, phi: np.ndarray, first: int | None = None):
         """Per record F (log for log-normal observables) and all observables, and which
@@ -234,6 +295,7 @@ class _Saem:
         if first is not None:
             active = active[active < first]
         OBS, _, status = self.batch.run(np.where(np.isfinite(P), P, 0.0), active)
+        self.n_passes += 1
         failed = bad.copy()
         failed[active[status[active] != 0]] = True
         O = OBS[self.rec_row]
@@ -263,9 +325,9 @@ class _Saem:
         ll[failed] = -np.inf
         return ll, (F, O)
 
-    def subject_loglik(self, F: np.ndarray, O: np.ndarray) -> np.ndarray:
-        """log p(y_i | predictions) of every pseudo-subject at the current sigma."""
-        rec = self.record_loglik(F, self.variance(F, O, self.sigma))
+    def subject_loglik(self, F: np.ndarray, O: np.ndarray, sigma: dict | None = None):
+        """log p(y_i | predictions) of every pseudo-subject (at the current sigma)."""
+        rec = self.record_loglik(F, self.variance(F, O, sigma or self.sigma))
         return np.bincount(
             self.rec_ps, weights=np.where(np.isfinite(rec), rec, -1e300), minlength=self.n_ps
         )
@@ -431,6 +493,8 @@ class _Saem:
             F, O = pieces
             ll = np.where(np.isfinite(ll), self.subject_loglik(F, O), ll)
             if k > o.k1:
+                if self.louis is not None:
+                    self.louis.add(phi, *pieces)
                 per_subject = phi.reshape(self.chains, self.n_sub, self.n_eta)
                 self.phi_sum += per_subject.sum(axis=0)
                 self.phi_sq += np.einsum("cse,csf->sef", per_subject, per_subject)
@@ -487,31 +551,73 @@ class _Saem:
         se = 2.0 * math.sqrt(float(np.sum(rel)))
         return minus2ll, se
 
-    def result(self, minus2ll: float, se: float) -> SaemResult:
+    def result(self, minus2ll: float, se: float, covariance, timings: dict) -> SaemResult:
+        """EBEs and diagnostics at the estimates (as after FOCE-I), standard errors and
+        the linearised -2LL."""
+        N = self.n_sub
         theta = {n: float(self.theta[i]) for i, n in enumerate(self.theta_names)}
-        n_normal = int(sum(len(s.y) - s.censored.sum() for s in self.subjects))
         keep = [j for j in range(self.n_eta) if j not in self.annealed]
-        eta = (self.phi_sum / self.n_kept - self.mu(self.theta)[: self.n_sub])[:, keep]
+        mu = self.mu(self.theta)[:N]
+        eta_mean = (self.phi_sum / self.n_kept - mu)[:, keep]
+        estimates = self.original.with_values(
+            theta, self.omega[np.ix_(keep, keep)], dict(self.sigma)
+        )
+        t = time.perf_counter()
+        objective = PopulationObjective(estimates, self.subjects, "FOCEI", DEFAULT_OPTIONS)
+        x = objective.layout.natural()
+        objective.etas = eta_mean.copy()
+        total, results = objective.evaluate(x)
+        ebe = np.array([r.eta for r in results]).reshape(N, len(keep))
+        phi_hat = mu.copy()
+        phi_hat[:, keep] += ebe
+        info, minus2ll_lin = linearised_information(self, objective.layout, phi_hat)
+        fit_warnings = []
+        cov = None
+        labels = {
+            "lin": "linearised Fisher information (lin)",
+            "sa": "Louis' observed information, stochastic approximation (sa)",
+            "S": "S matrix: outer products of the subjects' scores (S)",
+        }
+        if covariance is not None:
+            if covariance in ("sa", "S"):
+                info = self.louis.information(covariance)
+            cov, reason = covariance_from(info)
+            if reason:
+                fit_warnings.append(f"no standard errors: {reason}")
+        timings["covariance"] = time.perf_counter() - t
+        base = assemble(
+            objective, x, total, results, cov, None, None,
+            labels.get(covariance) if cov is not None else None, "SAEM",
+        )  # fmt: skip
+        n_normal = base.n_observations - base.n_censored
         history = {
             k: np.asarray(v)
             for k, v in self.history.items()
             if not any(k == f"OMEGA({self.pop.etas[j]})" for j in self.annealed)
         }
-        estimates = self.original.with_values(
-            theta, self.omega[np.ix_(keep, keep)], dict(self.sigma)
+        if objective.failures:
+            fit_warnings.append(
+                f"{objective.failures} subject(s) failed in the EBE step: "
+                f"{objective.failure_messages[0] if objective.failure_messages else ''}"
+            )
+        fields_ = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
+        fields_.update(
+            ofv=minus2ll - n_normal * LOG_2PI,
+            warnings=fit_warnings,
+            timings=timings,
+            n_iterations=self.options.k1 + self.options.k2,
+            n_evaluations=self.n_passes,
+            params=lmfit_parameters(base.parameters, objective.layout),
         )
         return SaemResult(
-            population=estimates,
-            theta=theta,
-            omega=self.omega[np.ix_(keep, keep)].copy(),
-            sigma=dict(self.sigma),
+            **fields_,
             minus2ll=minus2ll,
             minus2ll_se=se,
-            ofv=minus2ll - n_normal * LOG_2PI,
-            eta=eta,
+            minus2ll_lin=minus2ll_lin,
+            ofv_focei=base.ofv,
+            eta=eta_mean,
             subject_ids=[s.id for s in self.subjects],
             history=history,
-            n_observations=self.n_obs_records,
             chains=self.chains,
             options=self.options,
         )
@@ -592,4 +698,7 @@ def _mu_references(pop: PopulationModel):
             "(write the parameter as exp(mu + eta) or mu + eta)"
         )
     fn = sp.lambdify((thetas, covs), mus, modules="numpy")
-    return fn, [names.index(n) for n in names if n in used]
+    first = [[sp.diff(m, t) for t in thetas] for m in mus]
+    second = [[[sp.diff(d, t) for t in thetas] for d in row] for row in first]
+    derivatives = sp.lambdify((thetas, covs), [first, second], modules="numpy")
+    return fn, [names.index(n) for n in names if n in used], derivatives
