@@ -15,7 +15,7 @@ NPDE, for FOCE-family and SAEM fits alike (any :class:`PopulationModel` with val
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -121,7 +121,24 @@ class Vpc:
     prediction_corrected: bool = False
     synthetic: bool = False
     n: int = 0
-    table: object = field(default=None, repr=False)
+
+    def to_frame(self):
+        """One row per bin: its edges and median time, and per percentile the observed
+        value and the simulated interval (lower, median, upper); then the fraction below
+        the LLOQ, observed and simulated."""
+        import pandas as pd
+
+        frame = pd.DataFrame(
+            {"bin_low": self.edges[:-1], "bin_high": self.edges[1:], "time": self.bin_time}
+        )
+        for j, q in enumerate(self.percentiles):
+            frame[f"observed_p{q:g}"] = self.observed[:, j]
+            for k, part in enumerate(("lower", "median", "upper")):
+                frame[f"simulated_p{q:g}_{part}"] = self.simulated[:, j, k]
+        frame["blq_observed"] = self.blq_observed
+        for k, part in enumerate(("lower", "median", "upper")):
+            frame[f"blq_simulated_{part}"] = self.blq_simulated[:, k]
+        return frame
 
     def plot(self, path=None, unit: str = ""):
         import matplotlib

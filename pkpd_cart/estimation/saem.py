@@ -434,6 +434,17 @@ class _Saem:
                 continue
             k = self.observables.index(obs)
             sel = self.rec_obs == k
+            if len(names) == 1 and not self.cens[sel].any():
+                # V = sigma^2 h(F) (additive, proportional, ...): the maximum is closed form
+                key = (obs, names[0])
+                unit = dict(self.sigma)
+                unit[key] = 1.0
+                h = self.variance(F, O, unit, sel)[sel]
+                doubled = dict(unit)
+                doubled[key] = 2.0
+                if np.allclose(self.variance(F, O, doubled, sel)[sel], 4 * h, rtol=1e-12):
+                    out[key] = math.sqrt(float(np.mean((self.y[sel] - F[sel]) ** 2 / h)))
+                    continue
 
             def nll(logs, obs=obs, names=names, sel=sel):
                 sigma = dict(self.sigma)

@@ -133,6 +133,10 @@ class SolverOptions:
         rtol 1e-8 the sensitivities of the shipped models are accurate to 3e-7..2.5e-5
         relative to their range (``benchmarks/bench_simulate.py``, ``bench_roadrunner.py``).
         On with BDF: sle_cart's error falls from 1.1e-5 to 7e-7 for 1.3x the time.
+    exact_linear : bool
+        With ``"BDF"``, batch runs without sensitivities (SAEM's chains, simulated
+        replicates) of a model linear in its states (no switches or events) use its exact
+        solution (:mod:`pkpd_cart.simulation.linear`) instead of integrating it.
     """
 
     method: str = "BDF"
@@ -141,6 +145,7 @@ class SolverOptions:
     max_steps: int = 200_000
     max_step: float = 0.0
     sensitivity_error_control: bool = False
+    exact_linear: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -800,6 +805,13 @@ class BatchRun:
         self.subjects = [(np.asarray(t, dtype=float), list(d)) for t, d in subjects]
         self.names = names
         self.messages: dict[int, str] = {}  # subject -> failure message (other methods)
+        self.linear = None
+        if not self.n_sens and options.method == "BDF" and options.exact_linear:
+            from pkpd_cart.simulation.linear import LinearBatch, linear_structure
+
+            structure = linear_structure(model)
+            if structure is not None:
+                self.linear = LinearBatch(model, self.subjects, structure)
 
     def run(self, P: np.ndarray, active: np.ndarray):
         o = self.options
@@ -807,6 +819,8 @@ class BatchRun:
         OBS = np.full((rows, self.n_obs), np.nan)
         SENS = np.full((rows, self.n_obs, self.n_sens), np.nan)
         status = np.zeros(self.n_subjects, dtype=np.int64)
+        if self.linear is not None:
+            return self.linear.run(P, active)
         if o.method != "BDF" or self.model.events:  # simulate() subject by subject
             for s in np.asarray(active, dtype=np.int64):
                 rows_s = slice(self.row_ptr[s], self.row_ptr[s + 1])

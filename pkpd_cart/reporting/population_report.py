@@ -1,0 +1,424 @@
+"""The report of a population fit (FOCE-family or SAEM): Markdown + HTML, CSVs, figures.
+
+:func:`write_population_report` writes one folder, completely or not at all:
+
+* ``report.md`` and ``report.html``: model, data (SYNTHETIC where it applies), method and
+  settings, run time of every stage, objective (OFV, -2LL, AIC, BIC with the n used),
+  the parameter table (theta; Omega as variance, SD and CV%, with shrinkage; sigma as SD
+  and variance; SE, RSE%, 95% CI), NPDE summary, warnings, figures;
+* ``parameters.csv``, ``ebes.csv``, ``individual.csv``, ``diagnostics.csv`` (every record:
+  PRED, IPRED, IWRES, CWRES), ``npde.csv``, ``vpc_<observable>.csv``; for a synthetic-data
+  fit every CSV starts with a ``data`` column reading ``SYNTHETIC``;
+* figures, each labelled with its observable and unit, and "SYNTHETIC data" in its title
+  where it applies: goodness of fit per observable (DV vs PRED and IPRED, CWRES vs time
+  and PRED; records below the LLOQ drawn at the LLOQ as open triangles), individual fits,
+  random-effect distributions and random effects against covariates, VPC per observable,
+  NPDE (QQ plot, histogram, against time and PRED), and SAEM's convergence.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg", force=False)
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from pkpd_cart.reporting.output import atomic_directory  # noqa: E402
+from pkpd_cart.reporting.report import _fmt, _html, versions  # noqa: E402
+
+SYNTHETIC_NOTE = (
+    "> **SYNTHETIC DATA.** This fit uses simulated data, not patient measurements; its "
+    "estimates describe the simulation, not patients."
+)
+
+
+def _csv(frame: pd.DataFrame, path: Path, synthetic: bool, index: bool = False) -> None:
+    frame = frame.copy()
+    if synthetic:
+        frame.insert(0, "data", "SYNTHETIC")
+    frame.to_csv(path, index=index)
+
+
+def _title(text: str, synthetic: bool) -> str:
+    return text + (" - SYNTHETIC data" if synthetic else "")
+
+
+def _binned_median(x: np.ndarray, y: np.ndarray, bins: int = 8):
+    """Medians of y in bins of x with equal counts (the trend line of the residual plots)."""
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if len(x) < 2 * bins:
+        return np.array([]), np.array([])
+    order = np.argsort(x)
+    groups = np.array_split(order, bins)
+    return (
+        np.array([np.median(x[g]) for g in groups]),
+        np.array([np.median(y[g]) for g in groups]),
+    )
+
+
+def figure_gof(diag: pd.DataFrame, obs: str, unit: str, time_unit: str, path, synthetic):
+    d = diag[diag["DVID"] == obs]
+    cens = d["CENS"].to_numpy() != 0
+    dv = np.where(cens, d["LIMIT"].to_numpy(), d["DV"].to_numpy())
+    fig, axes = plt.subplots(2, 2, figsize=(9, 7.5))
+    for ax, col in zip(axes[0], ("PRED", "IPRED")):
+        pred = d[col].to_numpy()
+        ax.plot(pred[~cens], dv[~cens], "o", ms=3, alpha=0.6, label="observed")
+        if cens.any():
+            ax.plot(
+                pred[cens], dv[cens], "v", ms=5, mfc="none", color="C3", label="< LLOQ (at LLOQ)"
+            )
+        finite = np.concatenate([pred[np.isfinite(pred)], dv[np.isfinite(dv)]])
+        if len(finite):
+            lo, hi = float(finite.min()), float(finite.max())
+            ax.plot([lo, hi], [lo, hi], "k-", lw=0.8)
+        ax.set_xlabel(f"{col} ({unit})")
+        ax.set_ylabel(f"DV ({unit})")
+        ax.legend(fontsize=7)
+    for ax, (col, label) in zip(
+        axes[1], (("TIME", f"time ({time_unit})"), ("PRED", f"PRED ({unit})"))
+    ):
+        x, y = d[col].to_numpy(), d["CWRES"].to_numpy()
+        ax.plot(x, y, "o", ms=3, alpha=0.6)
+        bx, by = _binned_median(x, y)
+        ax.plot(bx, by, "r-", lw=1.2, label="binned median")
+        ax.axhline(0, color="k", lw=0.8)
+        for level in (-1.96, 1.96):
+            ax.axhline(level, color="grey", ls=":", lw=0.8)
+        ax.set_xlabel(label)
+        ax.set_ylabel("CWRES")
+        ax.legend(fontsize=7)
+    fig.suptitle(_title(f"Goodness of fit: {obs} ({unit})", synthetic))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def figure_individual(
+    diag: pd.DataFrame, obs: str, unit: str, time_unit: str, dose_times, path, synthetic
+):
+    d = diag[diag["DVID"] == obs]
+    ids = list(dict.fromkeys(d["ID"]))[:12]
+    cols = min(4, len(ids))
+    rows = math.ceil(len(ids) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.5 * rows), squeeze=False)
+    for ax, sid in zip(axes.ravel(), ids):
+        s = d[d["ID"] == sid].sort_values("TIME")
+        cens = s["CENS"].to_numpy() != 0
+        t = s["TIME"].to_numpy()
+        ax.plot(t[~cens], s["DV"].to_numpy()[~cens], "ko", ms=3)
+        if cens.any():
+            ax.plot(t[cens], s["LIMIT"].to_numpy()[cens], "v", mfc="none", color="C3", ms=5)
+        ax.plot(t, s["IPRED"], "C0-", lw=1, label="IPRED")
+        ax.plot(t, s["PRED"], "C1--", lw=1, label="PRED")
+        for td in dose_times.get(sid, []):
+            ax.axvline(td, color="grey", lw=0.6, ls=":")
+        ax.set_title(f"ID {sid}", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in axes.ravel()[len(ids) :]:
+        ax.axis("off")
+    axes[0, 0].legend(fontsize=6)
+    fig.supxlabel(f"time ({time_unit}); dotted: doses", fontsize=8)
+    fig.supylabel(f"{obs} ({unit})", fontsize=8)
+    fig.suptitle(_title(f"Individual fits: {obs} (first {len(ids)} subjects)", synthetic))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def figure_etas(result, covariates: pd.DataFrame | None, path, synthetic) -> None:
+    pop = result.population
+    etas = list(pop.etas)
+    cov_names = [] if covariates is None else [c for c in covariates.columns if c != "ID"]
+    cols = 1 + len(cov_names)
+    fig, axes = plt.subplots(len(etas), cols, figsize=(3.4 * cols, 2.6 * len(etas)), squeeze=False)
+    for i, name in enumerate(etas):
+        values = result.ebes[name].to_numpy(dtype=float)
+        ax = axes[i, 0]
+        ax.hist(values, bins="auto", density=True, alpha=0.6)
+        w = math.sqrt(result.omega[i, i])
+        grid = np.linspace(-3.5 * w, 3.5 * w, 200)
+        ax.plot(grid, np.exp(-0.5 * (grid / w) ** 2) / (w * math.sqrt(2 * math.pi)), "k-", lw=1)
+        shrink = result.shrinkage.set_index("eta").loc[name, "shrinkage_sd_pct"]
+        ax.set_title(f"{name}: EBEs vs N(0, omega); shrinkage {shrink:.0f}%", fontsize=8)
+        for j, c in enumerate(cov_names, start=1):
+            merged = result.ebes[["ID", name]].merge(covariates, on="ID")
+            axes[i, j].plot(merged[c], merged[name], "o", ms=3)
+            axes[i, j].axhline(0, color="k", lw=0.8)
+            axes[i, j].set_xlabel(c, fontsize=8)
+            axes[i, j].set_ylabel(name, fontsize=8)
+    fig.suptitle(_title("Random effects (EBEs)", synthetic))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def figure_npde(table: pd.DataFrame, time_unit: str, path, synthetic) -> None:
+    from scipy import stats
+
+    values = table["NPDE"].to_numpy(dtype=float)
+    ok = np.isfinite(values)
+    fig, axes = plt.subplots(2, 2, figsize=(9, 7))
+    (osm, osr), _ = stats.probplot(values[ok], dist="norm")
+    axes[0, 0].plot(osm, osr, "o", ms=3)
+    axes[0, 0].plot([-3, 3], [-3, 3], "k-", lw=0.8)
+    axes[0, 0].set_xlabel("N(0,1) quantiles")
+    axes[0, 0].set_ylabel("NPDE quantiles")
+    axes[0, 1].hist(values[ok], bins="auto", density=True, alpha=0.6)
+    grid = np.linspace(-4, 4, 200)
+    axes[0, 1].plot(grid, stats.norm.pdf(grid), "k-", lw=1)
+    axes[0, 1].set_xlabel("NPDE")
+    for ax, col, label in (
+        (axes[1, 0], "TIME", f"time ({time_unit})"),
+        (axes[1, 1], "PRED", "PRED (observable units)"),
+    ):
+        for k, (obs, grp) in enumerate(table.groupby("DVID")):
+            ax.plot(grp[col], grp["NPDE"], "o", ms=3, color=f"C{k}", label=str(obs))
+        ax.axhline(0, color="k", lw=0.8)
+        for level in (-1.96, 1.96):
+            ax.axhline(level, color="grey", ls=":", lw=0.8)
+        ax.set_xlabel(label)
+        ax.set_ylabel("NPDE")
+        ax.legend(fontsize=7)
+    fig.suptitle(_title("NPDE (decorrelated; BLQ records imputed)", synthetic))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def parameter_rows(result) -> pd.DataFrame:
+    """The parameter table with each random effect's shrinkage."""
+    table = result.parameters.copy()
+    shrink = dict(zip(result.shrinkage["eta"], result.shrinkage["shrinkage_sd_pct"]))
+    table["shrinkage_pct"] = [
+        shrink.get(n[len("OMEGA(") : -1], np.nan) if k == "omega" else np.nan
+        for k, n in zip(table["kind"], table["name"])
+    ]
+    return table
+
+
+def write_population_report(
+    result,
+    data,
+    out: str | Path,
+    title: str,
+    settings: Mapping[str, object] | None = None,
+    n_replicates: int = 200,
+    seed: int = 0,
+    data_note: str = "",
+) -> Path:
+    """Write the report folder ``out`` of a population fit ``result`` (from
+    :func:`~pkpd_cart.fit_population` or :func:`~pkpd_cart.fit_saem`) on ``data``;
+    ``n_replicates`` simulated replicates of the design for the VPC and NPDE (0: none)."""
+    from pkpd_cart.errors import InputError
+    from pkpd_cart.estimation.population_result import PopulationFitResult
+    from pkpd_cart.estimation.predictive import npde, simulate_design, vpc
+
+    if not isinstance(result, PopulationFitResult):
+        raise InputError(
+            f"write_population_report needs a population fit result, not {type(result).__name__}"
+        )
+    if not isinstance(n_replicates, int) or n_replicates == 1 or n_replicates < 0:
+        raise InputError(f"n_replicates must be 0 or an integer >= 2, not {n_replicates!r}")
+    out = Path(out)
+    synthetic = bool(result.synthetic or getattr(data, "synthetic", False))
+    model = result.population.model
+    time_unit = model.time_unit
+    units = {name: o.unit for name, o in model.observables.items()}
+    timings = dict(result.timings)
+    table = parameter_rows(result)
+    diag = result.diagnostics
+    replicates = vpcs = npde_table = None
+    if n_replicates:
+        t = time.perf_counter()
+        replicates = simulate_design(result.population, data, n=n_replicates, seed=seed)
+        vpcs = {obs: vpc(replicates, obs) for obs in sorted(set(replicates.observable))}
+        timings["VPC"] = time.perf_counter() - t
+        t = time.perf_counter()
+        npde_table = npde(replicates, seed=seed)
+        npde_table["PRED"] = replicates.pred  # the typical prediction (eta = 0)
+        timings["NPDE"] = time.perf_counter() - t
+    frame = data.frame
+    doses = frame[frame["EVID"].isin([1, 4])] if "EVID" in frame else frame.iloc[0:0]
+    dose_times = {sid: list(g["TIME"]) for sid, g in doses.groupby("ID")}
+    covariates = None
+    if result.population.covariates:
+        names = [c for c in result.population.covariates if c in frame]
+        covariates = frame.groupby("ID", sort=False)[names].first().reset_index()
+        covariates["ID"] = covariates["ID"].astype(result.ebes["ID"].dtype)
+    with atomic_directory(out) as tmp:
+        _csv(table, tmp / "parameters.csv", synthetic)
+        _csv(result.ebes, tmp / "ebes.csv", synthetic)
+        _csv(result.individual, tmp / "individual.csv", synthetic)
+        _csv(diag, tmp / "diagnostics.csv", synthetic)
+        figures = []
+        for obs in sorted(set(diag["DVID"])) if len(diag) else []:
+            name = f"gof_{obs}.png"
+            figure_gof(diag, obs, units.get(obs, ""), time_unit, tmp / name, synthetic)
+            figures.append((f"Goodness of fit: {obs} ({units.get(obs, '')})", name))
+            name = f"individual_{obs}.png"
+            figure_individual(
+                diag, obs, units.get(obs, ""), time_unit, dose_times, tmp / name, synthetic
+            )
+            figures.append((f"Individual fits: {obs}", name))
+        if result.population.etas and len(result.ebes):
+            figure_etas(result, covariates, tmp / "etas.png", synthetic)
+            figures.append(("Random effects and covariates", "etas.png"))
+        if vpcs:
+            for obs, v in vpcs.items():
+                fig = v.plot(tmp / f"vpc_{obs}.png", unit=units.get(obs, ""))
+                plt.close(fig)
+                figures.append((f"VPC: {obs} ({units.get(obs, '')})", f"vpc_{obs}.png"))
+                _csv(v.to_frame(), tmp / f"vpc_{obs}.csv", synthetic)
+        if npde_table is not None:
+            _csv(npde_table, tmp / "npde.csv", synthetic)
+            figure_npde(npde_table, time_unit, tmp / "npde.png", synthetic)
+            figures.append(("NPDE", "npde.png"))
+        if hasattr(result, "plot_convergence") and result.history:
+            fig = result.plot_convergence(tmp / "convergence.png")
+            plt.close(fig)
+            figures.append(("SAEM convergence", "convergence.png"))
+        payload = {
+            "model": model.name,
+            "model_hash": model.hash,
+            "data": getattr(data, "source", ""),
+            "synthetic_data": synthetic,
+            "method": result.method,
+            "ofv": result.ofv,
+            "aic": result.aic,
+            "bic": result.bic,
+            "n_estimated": result.n_estimated,
+            "n_observations": result.n_observations,
+            "n_subjects": result.n_subjects,
+            "warnings": list(result.warnings),
+            "timings_s": timings,
+            "settings": {k: str(v) for k, v in (settings or {}).items()},
+            "seed": seed,
+            "versions": versions(),
+            "parameters": json.loads(table.to_json(orient="records")),
+        }
+        (tmp / "parameters.json").write_text(json.dumps(payload, indent=2) + "\n")
+        md = _markdown(
+            result, data, title, settings or {}, table, figures, timings, npde_table,
+            synthetic, data_note, seed, n_replicates,
+        )  # fmt: skip
+        (tmp / "report.md").write_text(md)
+        (tmp / "report.html").write_text(_html(md, title))
+    return out
+
+
+def _markdown(
+    result, data, title, settings, table, figures, timings, npde_table, synthetic,
+    data_note, seed, n_replicates,
+) -> str:  # fmt: skip
+    model = result.population.model
+    lines = [f"# {title}", ""]
+    if synthetic:
+        lines += [SYNTHETIC_NOTE, ""]
+    lines += [
+        "## Model and data",
+        "",
+        f"- Model: `{model.name}` (hash `{model.hash[:12]}`): {model.description}",
+        f"- Data: `{getattr(data, 'source', '')}`" + (" (**synthetic**)" if synthetic else ""),
+        f"- {result.n_subjects} subjects, {result.n_observations} observation records, "
+        f"{result.n_censored} below the limit of quantification (M3 likelihood)",
+    ]
+    if data_note:
+        lines.append(f"- Provenance: {data_note}")
+    fixed = [f"{n} = {v:g}" for n, v in model.parameter_values.items()
+             if n not in result.population.individual_expressions]  # fmt: skip
+    lines += [
+        f"- Estimated: thetas {', '.join(result.theta)}; random effects "
+        f"{', '.join(result.population.etas) or 'none'}; residual errors "
+        + ", ".join(f"{o}:{n}" for o, n in result.sigma),
+        f"- Fixed at the model's values: {', '.join(fixed) or 'none'}",
+        "",
+        "## Method and settings",
+        "",
+        f"- Estimation: {result.method}"
+        + (
+            f"; covariance: {result.covariance_method}"
+            if result.covariance_method
+            else "; no covariance step"
+        ),  # fmt: skip
+    ]
+    lines += [f"- {k}: {v}" for k, v in settings.items()]
+    lines += [
+        f"- Seed (replicates): {seed}; replicates for VPC and NPDE: {n_replicates}",
+        "- Run time: " + "; ".join(f"{k} {v:.1f} s" for k, v in timings.items()),
+        "- Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()),
+        "",
+        "## Objective",
+        "",
+    ]
+    n_normal = result.n_observations - result.n_censored
+    lines.append(
+        f"OFV {result.ofv:.3f} (-2 log-likelihood without the {n_normal} log 2pi constant, "
+        f"as NONMEM); -2LL {result.ofv_with_constant:.3f}; AIC {result.aic:.3f}; BIC "
+        f"{result.bic:.3f} ({result.n_estimated} estimated parameters, BIC's n = "
+        f"{result.n_observations} observations)."
+    )
+    if hasattr(result, "minus2ll_se"):
+        lines += [
+            "",
+            f"SAEM: -2LL by importance sampling {result.minus2ll:.3f} (Monte Carlo SE "
+            f"{result.minus2ll_se:.3f}); by linearisation {result.minus2ll_lin:.3f}; FOCE-I "
+            f"OFV at the SAEM estimates {result.ofv_focei:.3f}; {result.chains} chain(s), "
+            f"k1 = {result.options.k1}, k2 = {result.options.k2}, seed {result.options.seed}.",
+        ]
+    lines.append("")
+    for w in result.warnings:
+        lines += [f"> **WARNING:** {w}", ""]
+    lines += [
+        "## Estimates",
+        "",
+        "| parameter | estimate | SE | RSE % | 95% CI | SD | CV % | shrinkage % |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in table.itertuples():
+        se = "fixed" if r.fixed else _fmt(r.se, 3)
+        lines.append(
+            f"| {r.name} | {_fmt(r.estimate)} | {se} | {_fmt(r.rse_pct, 3)} | "
+            f"[{_fmt(r.lower_95)}, {_fmt(r.upper_95)}] | {_fmt(r.sd)} | {_fmt(r.cv_pct, 3)} "
+            f"| {_fmt(r.shrinkage_pct, 3)} |"
+        )
+    lines += [
+        "",
+        "Thetas on their natural scale; OMEGA as variances (SD and CV% = "
+        "100 sqrt(exp(omega) - 1) for log-normal parameters); SIGMA as SDs. 95% CI: Wald, "
+        "on the log scale for variances and SDs. Shrinkage: 100 (1 - SD(EBE) / omega^1/2) "
+        "(NONMEM's ETASHRINKSD); the residual one from IWRES.",
+        "",
+    ]
+    if npde_table is not None:
+        v = npde_table["NPDE"].to_numpy(dtype=float)
+        v = v[np.isfinite(v)]
+        lines += [
+            "## NPDE",
+            "",
+            f"{len(v)} records: mean {np.mean(v):.3f} (expected 0), variance "
+            f"{np.var(v, ddof=1):.3f} (expected 1).",
+            "",
+        ]
+    lines += ["## Figures", ""]
+    for caption, name in figures:
+        lines += [f"### {caption}", "", f"![{caption}]({name})", ""]
+    lines += [
+        "## Files",
+        "",
+        "`parameters.csv`/`.json`, `ebes.csv`, `individual.csv`, `diagnostics.csv`"
+        + (", `npde.csv`, `vpc_<observable>.csv`" if npde_table is not None else "")
+        + (" (each with a first column `data` = SYNTHETIC)" if synthetic else "")
+        + ", and the figures above.",
+        "",
+    ]
+    return "\n".join(lines)
