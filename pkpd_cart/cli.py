@@ -11,6 +11,7 @@ Exit codes: 0 success, 1 an error from the package (one line on stderr), 2 bad a
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -122,7 +123,8 @@ def _parser() -> argparse.ArgumentParser:
         "--estimate",
         default="",
         metavar="A,B,...",
-        help="parameters shared by all subjects (comma-separated)",
+        help="parameters shared by all subjects (comma-separated); population fits: "
+        "their typical values, NAME or NAME=INITIAL",
     )
     fit.add_argument(
         "--per-subject",
@@ -156,8 +158,59 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="likelihood profiles of the shared parameters and sigmas",
     )
+    fit.add_argument(
+        "--covariates",
+        default="",
+        metavar="A,B,...",
+        help="covariate columns of the dataset (kept; population fits plot the random "
+        "effects against them)",
+    )
+    fit.add_argument(
+        "--method",
+        type=str.upper,
+        choices=["ML", "FOCEI", "FOCE", "FO", "LAPLACE", "SAEM"],
+        default="ML",
+        help="ML: fixed effects per subject (default); FOCEI, FOCE, FO, LAPLACE or SAEM: "
+        "a population (mixed-effects) fit of the --estimate parameters as log-normal "
+        "typical values, with random effects from --eta",
+    )
+    fit.add_argument(
+        "--eta",
+        action="append",
+        default=[],
+        type=_eta,
+        metavar="NAME=VARIANCE",
+        help="population fits: a log-normal random effect on NAME with this initial "
+        "variance (NONMEM $OMEGA); repeatable",
+    )
+    fit.add_argument(
+        "--covariance",
+        choices=["lin", "sa", "S", "sandwich", "R", "none"],
+        default=None,
+        help="population fits: standard errors (FOCE family: sandwich (default), R, S; "
+        "SAEM: lin (default), sa, S); none skips them",
+    )
+    fit.add_argument(
+        "--replicates",
+        type=int,
+        default=200,
+        help="population fits: simulated replicates for the VPC and NPDE (0: none)",
+    )
     fit.add_argument("--out", type=Path, required=True, help="report folder to write")
     return parser
+
+
+def _eta(text: str) -> tuple[str, float]:
+    name, _, value = text.partition("=")
+    try:
+        variance = float(value)
+    except ValueError:
+        variance = math.nan
+    if not name.strip() or not (variance > 0 and math.isfinite(variance)):
+        raise argparse.ArgumentTypeError(
+            f"random effect {text!r} is not NAME=VARIANCE with a positive variance (e.g. CL=0.1)"
+        )
+    return name.strip(), variance
 
 
 def _error_model(text: str):
@@ -234,13 +287,17 @@ def _run(args: argparse.Namespace) -> None:
 
             plot_simulation(model, frame, path=args.plot)
             print(f"wrote {args.plot}")
+    elif args.command == "fit" and args.method != "ML":
+        _population_fit(args)
     elif args.command == "fit":
+        if args.eta or args.covariance:
+            raise pk.InputError("--eta and --covariance need a population --method (e.g. FOCEI)")
         from pkpd_cart.estimation.fitting import fit
         from pkpd_cart.estimation.uncertainty import profile_likelihood
         from pkpd_cart.reporting.report import write_fit_report
 
         model = pk.load_model(args.model)
-        data = pk.read_dataset(args.data, model=model)
+        data = pk.read_dataset(args.data, model=model, covariates=_names(args.covariates))
         print(data.report())
         result = fit(
             model,
@@ -277,6 +334,98 @@ def _run(args: argparse.Namespace) -> None:
         print(f"OFV {result.ofv:.3f}; report: {args.out / 'report.md'}")
         for warning in result.warnings:
             print(f"WARNING: {warning}", file=sys.stderr)
+
+
+def _population_fit(args: argparse.Namespace) -> None:
+    """``pkpd-cart fit --method FOCEI|...|SAEM``: a population fit and its report."""
+    import pkpd_cart as pk
+    from pkpd_cart.reporting.population_report import write_population_report
+
+    unsupported = [
+        flag
+        for flag, used in (
+            ("--per-subject", args.per_subject),
+            ("--subjects", args.subjects),
+            ("--profiles", args.profiles),
+            ("--starts", args.starts != 1),
+            ("--blq M1", args.blq != "M3"),
+        )
+        if used
+    ]
+    if unsupported:
+        raise pk.InputError(f"{', '.join(unsupported)} cannot be used with --method {args.method}")
+    saem = args.method == "SAEM"
+    allowed = ("lin", "sa", "S", "none") if saem else ("sandwich", "R", "S", "none")
+    if args.covariance is not None and args.covariance not in allowed:
+        raise pk.InputError(
+            f"--covariance {args.covariance} is not available with --method {args.method}; "
+            f"choose one of {', '.join(allowed)}"
+        )
+    if args.replicates < 0 or args.replicates == 1:
+        raise pk.InputError(f"--replicates must be 0 or >= 2, not {args.replicates}")
+    model = pk.load_model(args.model)
+    data = pk.read_dataset(args.data, model=model, covariates=_names(args.covariates))
+    print(data.report())
+    initial: dict[str, float] = {}
+    for item in _names(args.estimate):  # NAME or NAME=INITIAL
+        name, eq, value = item.partition("=")
+        try:
+            initial[name.strip()] = float(value) if eq else math.nan
+        except ValueError:
+            raise pk.InputError(f"--estimate {item!r} is not NAME or NAME=INITIAL") from None
+    estimate = list(initial)
+    if not estimate:
+        raise pk.InputError("a population fit needs --estimate (the parameters to estimate)")
+    etas = dict(args.eta)
+    for name in [*estimate, *etas]:
+        if name not in model.parameters:
+            raise pk.InputError(
+                f"model '{model.name}' has no parameter '{name}' (parameters: "
+                f"{', '.join(model.parameters)})"
+            )
+    stray = [n for n in etas if n not in estimate]
+    if stray:
+        raise pk.InputError(f"--eta {', '.join(stray)}: give the parameter in --estimate too")
+    pop = pk.PopulationModel(model)
+    for name in estimate:
+        start = model.parameters[name].value if math.isnan(initial[name]) else initial[name]
+        if not start > 0:
+            raise pk.InputError(f"--estimate {name}: a log-normal typical value must be > 0")
+        pop.log_normal(name, start, etas.get(name))
+    for obs, em in args.error:
+        pop.error(obs, em)
+    default = "lin" if saem else "sandwich"
+    covariance = None if args.covariance == "none" else (args.covariance or default)
+    if saem:
+        options = pk.SaemOptions(seed=args.seed, progress=True)
+        result = pk.fit_saem(pop, data, options, covariance=covariance)
+    else:
+        executor = args.workers if args.workers > 1 else None
+        result = pk.fit_population(
+            pop, data, method=args.method, covariance=covariance, executor=executor
+        )
+    settings = {
+        "command": "pkpd-cart fit",
+        "method": args.method,
+        "estimated (log-normal typical values, initial)": ", ".join(
+            f"{n}={pop.thetas['tv_' + n].value:g}" for n in estimate
+        ),
+        "random effects (initial variances)": ", ".join(f"{k}={v:g}" for k, v in etas.items())
+        or "none",
+    }
+    write_population_report(
+        result,
+        data,
+        args.out,
+        f"{args.method} fit of {model.name} to {args.data.name}",
+        settings,
+        n_replicates=args.replicates,
+        seed=args.seed,
+    )
+    print(result.summary())
+    print(f"report: {args.out / 'report.md'}")
+    for warning in result.warnings:
+        print(f"WARNING: {warning}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

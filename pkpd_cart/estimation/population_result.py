@@ -167,7 +167,7 @@ def assemble(
             # Variances and SDs: the interval is built on the log scale (delta method). Over
             # 100 simulated replicates of 30 subjects it covered Omega 90-92% of the time,
             # the symmetric Wald interval 83-87% (fits/nlme_recovery.py)
-            spread = math.exp(1.959964 * se[k] / est) if np.isfinite(se[k]) else np.nan
+            spread = math.exp(min(1.959964 * se[k] / est, 700.0)) if np.isfinite(se[k]) else np.nan
             row.update(lower_95=est / spread, upper_95=est * spread, ci_scale="log")
         rows.append(row)
     parameters = pd.DataFrame(rows)
