@@ -334,3 +334,17 @@ def test_a_theta_without_random_effect_is_estimated():
         fit_saem(pop, data, covariance="sa")
     with pytest.raises(FitError, match="unknown SAEM covariance method 'louis'"):
         fit_saem(pop, data, covariance="louis")
+
+
+def test_worker_processes_give_the_same_fit(linear_case):
+    """The simulations of every MCMC move shared by 2 forked workers (the compiled BDF
+    path; the exact linear solver stays in-process): the same numbers as 1 process."""
+    fit, _, _ = linear_case
+    bdf = pk.SolverOptions(rtol=1e-6, atol=1e-8, exact_linear=False)
+    options = SaemOptions(k1=15, k2=10, seed=4, is_samples=50)
+    one = fit_saem(fit.start, fit.data, options, solver=bdf, covariance=None)
+    two = fit_saem(fit.start, fit.data, options, solver=bdf, covariance=None, workers=2)
+    assert two.theta == one.theta and np.array_equal(two.omega, one.omega)
+    assert two.minus2ll == one.minus2ll
+    with pytest.raises(FitError, match="workers must be a positive integer, not 0"):
+        fit_saem(fit.start, fit.data, options, workers=0)

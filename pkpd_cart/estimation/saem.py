@@ -170,6 +170,7 @@ def fit_saem(
     options: SaemOptions | None = None,
     solver: SolverOptions | None = None,
     covariance: str | None = "lin",
+    workers: int = 1,
 ) -> SaemResult:
     """Estimate ``population`` on ``data`` by SAEM (see the module docstring).
 
@@ -179,6 +180,9 @@ def fit_saem(
     smoothing iterations (``"sa"``, Monolix), the subjects' score outer products (``"S"``,
     NONMEM's ``$COV`` after SAEM), or None (see
     :mod:`~pkpd_cart.estimation.saem_information`).
+    ``workers``: local processes that share the simulations of every MCMC move (the
+    subjects and chains are split between them; Linux). Models solved exactly
+    (linear in their states) are vectorised in numpy and stay in this process.
     """
     if not isinstance(population, PopulationModel):
         raise FitError(f"fit_saem needs a PopulationModel, not {type(population).__name__}")
@@ -192,6 +196,8 @@ def fit_saem(
         raise FitError(
             f"unknown SAEM covariance method {covariance!r}; choose one of 'lin', 'sa', 'S' or None"
         )
+    if not isinstance(workers, int) or workers < 1:
+        raise FitError(f"workers must be a positive integer, not {workers!r}")
     options = options or SaemOptions()
     started = time.perf_counter()
     from pkpd_cart.errors import ModelDefinitionError
@@ -205,11 +211,21 @@ def fit_saem(
     run = _Saem(population, data, options, solver or SAMPLING_SOLVER)
     if covariance in ("sa", "S"):
         run.louis = LouisAccumulator(run, Layout(population))
-    run.iterate()
-    timings = {"estimation": time.perf_counter() - started}
-    t = time.perf_counter()
-    minus2ll, se = run.importance_sampling()
-    timings["likelihood"] = time.perf_counter() - t
+    serial = run.batch
+    if workers > 1 and serial.linear is None:
+        from pkpd_cart.simulation.executor import ForkedBatch
+
+        run.batch = ForkedBatch(serial, workers)
+    try:
+        run.iterate()
+        timings = {"estimation": time.perf_counter() - started}
+        t = time.perf_counter()
+        minus2ll, se = run.importance_sampling()
+        timings["likelihood"] = time.perf_counter() - t
+    finally:
+        if run.batch is not serial:
+            run.batch.close()
+            run.batch = serial
     result = run.result(minus2ll, se, covariance, timings)
     result.synthetic = bool(getattr(data, "synthetic", False))
     result.seconds = time.perf_counter() - started

@@ -110,3 +110,60 @@ def get_executor(executor: Any = None):
         f"cannot run tasks on {type(executor).__name__!r}: give None, a number "
         "of processes, a Dask Client or a scheduler address"
     )
+
+
+_WORKER_BATCH: Any = None  # the BatchRun inherited by the workers of a ForkedBatch
+
+
+def _limit_blas() -> None:
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1)
+
+
+def _run_chunk(task):
+    import numpy as np
+
+    P, chunk = task
+    batch = _WORKER_BATCH
+    OBS, _, status = batch.run(P, chunk)
+    rows = np.concatenate([np.arange(batch.row_ptr[s], batch.row_ptr[s + 1]) for s in chunk])
+    return rows, OBS[rows], status[chunk]
+
+
+class ForkedBatch:
+    """A :class:`~pkpd_cart.simulation.solver.BatchRun` split across ``workers`` local
+    processes forked once (they inherit the compiled model and the packed records): each
+    ``run(P, active)`` simulates a share of the ``active`` subjects in every worker, and
+    returns what ``BatchRun.run`` returns (without sensitivities). Linux (fork) only;
+    ``close()`` stops the workers."""
+
+    def __init__(self, batch, workers: int):
+        if "fork" not in mp.get_all_start_methods():
+            raise InputError("parallel batch runs need the 'fork' start method (Linux)")
+        if not isinstance(workers, int) or workers < 2:
+            raise InputError(f"ForkedBatch needs workers >= 2 (got {workers!r})")
+        global _WORKER_BATCH
+        _WORKER_BATCH = batch
+        self.batch, self.workers = batch, workers
+        self.row_ptr, self.times = batch.row_ptr, batch.times
+        self.pool = ProcessPoolExecutor(
+            workers, mp_context=mp.get_context("fork"), initializer=_limit_blas
+        )
+
+    def run(self, P, active):
+        import numpy as np
+
+        active = np.asarray(active, dtype=np.int64)
+        OBS = np.full((len(self.times), self.batch.n_obs), np.nan)
+        status = np.zeros(self.batch.n_subjects, dtype=np.int64)
+        chunks = [c for c in np.array_split(active, self.workers) if len(c)]
+        for chunk, (rows, values, st) in zip(
+            chunks, self.pool.map(_run_chunk, [(P, c) for c in chunks])
+        ):
+            OBS[rows] = values
+            status[chunk] = st
+        return OBS, None, status
+
+    def close(self) -> None:
+        self.pool.shutdown()
