@@ -49,6 +49,7 @@ def test_report_of_a_saem_fit_is_complete_and_marked_synthetic(case, tmp_path):
         "report.md", "report.html", "parameters.csv", "parameters.json", "ebes.csv",
         "individual.csv", "diagnostics.csv", "npde.csv", "vpc_C.csv", "gof_C.png",
         "individual_C.png", "etas.png", "vpc_C.png", "npde.png", "convergence.png",
+        "pcvpc_C.png", "pcvpc_C.csv",
     } <= files  # fmt: skip
     for name in files:
         if name.endswith(".csv"):  # every CSV says what its data are

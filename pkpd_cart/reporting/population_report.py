@@ -7,12 +7,14 @@
   the parameter table (theta; Omega as variance, SD and CV%, with shrinkage; sigma as SD
   and variance; SE, RSE%, 95% CI), NPDE summary, warnings, figures;
 * ``parameters.csv``, ``ebes.csv``, ``individual.csv``, ``diagnostics.csv`` (every record:
-  PRED, IPRED, IWRES, CWRES), ``npde.csv``, ``vpc_<observable>.csv``; for a synthetic-data
+  PRED, IPRED, IWRES, CWRES), ``npde.csv``, ``vpc_<observable>.csv`` and
+  ``pcvpc_<observable>.csv``; for a synthetic-data
   fit every CSV starts with a ``data`` column reading ``SYNTHETIC``;
 * figures, each labelled with its observable and unit, and "SYNTHETIC data" in its title
   where it applies: goodness of fit per observable (DV vs PRED and IPRED, CWRES vs time
   and PRED; records below the LLOQ drawn at the LLOQ as open triangles), individual fits,
-  random-effect distributions and random effects against covariates, VPC per observable,
+  random-effect distributions and random effects against covariates, VPC and
+  prediction-corrected VPC (Bergstrand et al. 2011) per observable,
   NPDE (QQ plot, histogram, against time and PRED), and SAEM's convergence.
 """
 
@@ -241,7 +243,10 @@ def write_population_report(
     if n_replicates:
         t = time.perf_counter()
         replicates = simulate_design(result.population, data, n=n_replicates, seed=seed)
-        vpcs = {obs: vpc(replicates, obs) for obs in sorted(set(replicates.observable))}
+        vpcs = {}
+        for obs in sorted(set(replicates.observable)):
+            vpcs[obs] = vpc(replicates, obs)
+            vpcs[f"{obs} (prediction-corrected)"] = vpc(replicates, obs, prediction_corrected=True)
         timings["VPC"] = time.perf_counter() - t
         t = time.perf_counter()
         npde_table = npde(replicates, seed=seed)
@@ -274,11 +279,14 @@ def write_population_report(
             figure_etas(result, covariates, tmp / "etas.png", synthetic)
             figures.append(("Random effects and covariates", "etas.png"))
         if vpcs:
-            for obs, v in vpcs.items():
-                fig = v.plot(tmp / f"vpc_{obs}.png", unit=units.get(obs, ""))
+            for v in vpcs.values():
+                obs = v.observable
+                stem = f"pcvpc_{obs}" if v.prediction_corrected else f"vpc_{obs}"
+                fig = v.plot(tmp / f"{stem}.png", unit=units.get(obs, ""))
                 plt.close(fig)
-                figures.append((f"VPC: {obs} ({units.get(obs, '')})", f"vpc_{obs}.png"))
-                _csv(v.to_frame(), tmp / f"vpc_{obs}.csv", synthetic)
+                figures.append((f"{'pcVPC' if v.prediction_corrected else 'VPC'}: {obs} "
+                                f"({units.get(obs, '')})", f"{stem}.png"))  # fmt: skip
+                _csv(v.to_frame(), tmp / f"{stem}.csv", synthetic)
         if npde_table is not None:
             _csv(npde_table, tmp / "npde.csv", synthetic)
             figure_npde(npde_table, time_unit, tmp / "npde.png", synthetic)
@@ -416,7 +424,11 @@ def _markdown(
         "## Files",
         "",
         "`parameters.csv`/`.json`, `ebes.csv`, `individual.csv`, `diagnostics.csv`"
-        + (", `npde.csv`, `vpc_<observable>.csv`" if npde_table is not None else "")
+        + (
+            ", `npde.csv`, `vpc_<observable>.csv`, `pcvpc_<observable>.csv`"
+            if npde_table is not None
+            else ""
+        )  # fmt: skip
         + (" (each with a first column `data` = SYNTHETIC)" if synthetic else "")
         + ", and the figures above.",
         "",
