@@ -152,16 +152,14 @@ def main(argv=None) -> int:
     ]
     table = pd.DataFrame(get_executor(args.processes).map(_task, tasks))
     summary = summarise(table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    how = (
-        "FOCE-I, sandwich covariance"
-        if args.method == "FOCEI"
-        else (f"SAEM, covariance '{args.covariance}'")
-    )
+    how = "FOCE-I, sandwich covariance"
+    if args.method == "SAEM":
+        how = f"SAEM, covariance '{args.covariance}'"
     note = f"# SIMULATED data (known truth); {how}; M3\n"
     if args.out is None:
         saem = f"_saem_{args.covariance}" if args.method == "SAEM" else ""
         args.out = OUT.with_name(OUT.name + saem)
+    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "replicates.csv").write_text(note + table.to_csv(index=False))
     (args.out / "summary.csv").write_text(note + summary.to_csv(index=False))
     print(
