@@ -46,8 +46,10 @@ def covariance_step(objective: PopulationObjective, x: np.ndarray, method: str):
         so.inner_tolerance = saved
     per_plus = np.array([o[0] for o in up])  # (points, subjects)
     per_minus = np.array([o[0] for o in down])
-    f0 = centre.sum()
-    t_plus, t_minus = per_plus.sum(axis=1), per_minus.sum(axis=1)
+    # R is the curvature of the whole objective, priors included; S the data's scores only
+    f0 = centre.sum() + objective.prior(x)
+    t_plus = per_plus.sum(axis=1) + np.array([objective.prior(z) for z in plus])
+    t_minus = per_minus.sum(axis=1) + np.array([objective.prior(z) for z in minus])
     G = ((per_plus[:n] - per_minus[:n]) / (2 * h[:, None])).T  # (subjects, n)
     S = G.T @ G
     R = np.zeros((n, n))

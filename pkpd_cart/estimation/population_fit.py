@@ -104,6 +104,14 @@ def fit_population(
     except ModelDefinitionError as exc:
         raise FitError(str(exc)) from None
     options = options or DEFAULT_OPTIONS
+    prior_note = None
+    if population.priors and covariance == "sandwich":
+        # the S matrix holds the data's scores only: with priors, the curvature of the
+        # posterior (R, priors included) is the covariance
+        covariance = "R"
+        prior_note = "with priors the covariance is 2 R^-1 (R includes the priors)"
+    if population.priors and method == "FO":
+        raise FitError("priors need method FOCEI, FOCE or LAPLACE, not FO")
     subjects = subjects_from_dataset(population, data)
     if method == "FO" and any(s.censored.any() for s in subjects):
         raise FitError("records below the LLOQ (M3) need method FOCEI, FOCE or LAPLACE, not FO")
@@ -117,12 +125,14 @@ def fit_population(
         u0 = layout.to_u(x0)
 
         def ofv_at(u: np.ndarray) -> float:
-            """OFV at u; the EBEs found become the next warm start."""
-            total, results = objective.evaluate(layout.from_u(u, x0))
+            """OFV (plus the priors' -2 log) at u; the EBEs found become the next warm
+            start."""
+            x = layout.from_u(u, x0)
+            total, results = objective.evaluate(x)
             if not results or not math.isfinite(total):
                 return math.inf
             objective.etas = np.array([r.eta for r in results])
-            return total
+            return total + objective.prior(x)
 
         def gradient_at(u: np.ndarray, with_curvature: bool = False):
             """Central differences of the OFV in u (EBEs re-optimised from the current ones);
@@ -136,8 +146,8 @@ def fit_population(
                 du[k] -= 2 * steps[k]
                 minus.append(layout.from_u(du, x0))
             up, down = objective.evaluate_pairs(plus, minus, objective.etas)
-            f_plus = np.array([o[0].sum() for o in up])
-            f_minus = np.array([o[0].sum() for o in down])
+            f_plus = np.array([o[0].sum() + objective.prior(x) for o, x in zip(up, plus)])
+            f_minus = np.array([o[0].sum() + objective.prior(x) for o, x in zip(down, minus)])
             g = (f_plus - f_minus) / (2 * steps)
             if not with_curvature:
                 return g, None
@@ -186,6 +196,9 @@ def fit_population(
         result.failure_messages = list(objective.failure_messages)
         result.warnings = fit_warnings
         result.timings = timings
+        result.prior_ofv = objective.prior(x_hat)
+        if prior_note:
+            result.message = f"{message}; {prior_note}"
         result.params = lmfit_parameters(result.parameters, objective.layout)
         result.synthetic = bool(getattr(data, "synthetic", False))
         for w in fit_warnings:

@@ -149,6 +149,7 @@ class PopulationObjective:
             return math.inf, []
         start = self.etas if etas is None else etas
         results = self.batch().solve(ctx, start, self.subject_objective.inner_tolerance)
+        self.last_prior = self.prior(x)
         for r in results:
             if r.failed:
                 self.failures += 1
@@ -156,6 +157,15 @@ class PopulationObjective:
                     self.failure_messages.append(r.failed)
         total = float(sum(r.obj for r in results))
         return total, results
+
+    def prior(self, x: np.ndarray) -> float:
+        """``-2 log`` of the population model's priors at natural ``x`` (0 without)."""
+        if not self.pop.priors:
+            return 0.0
+        from pkpd_cart.estimation.priors import penalty
+
+        theta, omega, _ = self.layout.parts(x)
+        return penalty(self.pop, theta, omega)
 
     def batch(self) -> BatchConditional:
         """The solver of every subject's conditional problem (built on first use)."""

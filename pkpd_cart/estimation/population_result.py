@@ -51,6 +51,7 @@ class PopulationFitResult:
     timings: dict = field(default_factory=dict)
     params: object = field(default=None, repr=False)  # lmfit.Parameters, natural scale
     synthetic: bool = False
+    prior_ofv: float = 0.0  # -2 log of the priors at the estimates (MAP fits)
 
     @property
     def n_estimated(self) -> int:
@@ -108,6 +109,11 @@ class PopulationFitResult:
             lines.append(
                 f"covariance: {self.covariance_method}; condition number "
                 f"{self.condition_number:.4g}"
+            )
+        if self.population.priors:
+            lines.append(
+                f"MAP with {len(self.population.priors)} prior(s): objective = OFV + "
+                f"{self.prior_ofv:.4f} (-2 log prior)"
             )
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)

@@ -208,6 +208,11 @@ def fit_saem(
         raise FitError(str(exc)) from None
     if not population.etas:
         raise FitError(f"SAEM of '{population.name}': the population model has no random effect")
+    if population.priors:
+        raise FitError(
+            f"SAEM of '{population.name}': priors are not supported by SAEM; use "
+            "fit_population (FOCEI: maximum a posteriori)"
+        )
     run = _Saem(population, data, options, solver or SAMPLING_SOLVER)
     if covariance in ("sa", "S"):
         run.louis = LouisAccumulator(run, Layout(population))

@@ -178,6 +178,7 @@ class PopulationModel:
         self.covariates: list[str] = []
         self.individual_expressions: dict[str, sp.Expr] = {}
         self.residuals: dict[str, Residual] = {}
+        self.priors: list = []  # ThetaPrior / OmegaPrior (pkpd_cart.estimation.priors)
         self._compiled: Compiled | None = None
 
     def __getstate__(self) -> dict:  # lambdified functions do not pickle: rebuilt on use
@@ -445,6 +446,34 @@ class PopulationModel:
         self._compiled = None
 
     # -- reading ---------------------------------------------------------------------
+    def prior_theta(
+        self, theta: str, mean: float, sd: float, scale: str = "log", source: str = ""
+    ) -> None:
+        """A normal prior on ``theta`` (on its log scale by default: ``mean`` is then the
+        log of the central value), as NONMEM's ``$THETAP``/``$THETAPV``; ``source``: where
+        the prior comes from (shown in reports)."""
+        from pkpd_cart.estimation.priors import ThetaPrior, check_theta_prior
+
+        prior = ThetaPrior(theta, float(mean), float(sd), scale, source)
+        check_theta_prior(self, prior)
+        self.priors = [p for p in self.priors if getattr(p, "theta", None) != theta] + [prior]
+
+    def prior_omega(self, etas: Sequence[str], omega, df: float, source: str = "") -> None:
+        """An inverse-Wishart prior on the Omega block of ``etas`` with central value
+        ``omega`` (a matrix, or variances for a diagonal) and ``df`` degrees of freedom
+        (its weight, in subjects), as NONMEM's ``$OMEGAP``/``$OMEGAPD``."""
+        from pkpd_cart.estimation.priors import OmegaPrior, check_omega_prior
+
+        etas = tuple(etas)
+        matrix = np.atleast_2d(np.asarray(omega, dtype=float))
+        if matrix.shape == (1, len(etas)) and len(etas) > 1:
+            matrix = np.diag(matrix[0])
+        prior = OmegaPrior(etas, matrix, float(df), source)
+        check_omega_prior(self, prior)
+        self.priors = [p for p in self.priors if not set(getattr(p, "etas", ())) & set(etas)] + [
+            prior
+        ]
+
     def sigma_values(self) -> dict[tuple[str, str], float]:
         return {
             (o, n): r.error_model.initial[n]
