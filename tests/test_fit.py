@@ -101,6 +101,22 @@ def test_per_subject_and_shared_parameters():
     )
 
 
+def test_a_parameter_fixed_for_one_subject():
+    """``fixed={"k[2]": ...}`` holds k for subject 2 only (e.g. a measured baseline)."""
+    data = simulated_data(("lognormal", 0.1, 0), seed=3, n_subjects=2, k_sd=0.3)
+    model = one_compartment()
+    result = fit(model, data, estimate=["V"], fixed={"k[2]": 0.31},
+                 error_models={"C": ErrorModel.lognormal(0.3)})  # fmt: skip
+    assert result.subject_parameters("2")["k"] == 0.31
+    assert result.subject_parameters("1")["k"] == model.parameters["k"].value
+    with pytest.raises(pk.FitError, match=r"fixed value 'k\[9\]': not NAME\[SUBJECT\]"):
+        fit(model, data, estimate=["V"], fixed={"k[9]": 0.3},
+            error_models={"C": ErrorModel.lognormal(0.3)})  # fmt: skip
+    with pytest.raises(pk.FitError, match="parameter k is both estimated and fixed"):
+        fit(model, data, per_subject=["k"], fixed={"k[1]": 0.3},
+            error_models={"C": ErrorModel.lognormal(0.3)})  # fmt: skip
+
+
 def test_m3_likelihood_matches_hand_computation():
     frame = pd.DataFrame(
         [

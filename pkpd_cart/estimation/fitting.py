@@ -96,7 +96,23 @@ class Problem:
         if dataset.converted_to != model.name:
             dataset = dataset.for_model(model)
         self.dataset = dataset
-        for name in [*estimate, *per_subject, *(fixed or {})]:
+        # "name[subject]" keys fix a parameter for one subject (e.g. a measured baseline)
+        fixed = dict(fixed or {})
+        self.fixed_per_subject: dict[str, dict[str, float]] = {}
+        for key in [k for k in fixed if "[" in k]:
+            name, _, rest = key.partition("[")
+            sid = rest.rstrip("]")
+            if not rest.endswith("]") or sid not in dataset.subjects:
+                raise FitError(
+                    f"fixed value {key!r}: not NAME[SUBJECT] with a subject of {dataset.source}"
+                )
+            if name not in model.parameters:
+                raise FitError(f"model '{model.name}' has no parameter '{name}'")
+            if name in set(estimate) | set(per_subject):
+                raise FitError(f"parameter {name} is both estimated and fixed (for {sid})")
+            value = model.checked_value(name, fixed.pop(key))
+            self.fixed_per_subject.setdefault(sid, {})[name] = value
+        for name in [*estimate, *per_subject, *fixed]:
             if name not in model.parameters:
                 raise FitError(f"model '{model.name}' has no parameter '{name}'")
         overlap = set(estimate) & set(per_subject)
@@ -230,6 +246,8 @@ class Problem:
         """Model parameter vector of a subject and the estimated columns affecting it."""
         p = self.base.copy()
         names = list(self.model.parameters)
+        for name, value in self.fixed_per_subject.get(sid, {}).items():
+            p[names.index(name)] = value
         columns = []  # (spec index, model parameter index)
         for k, s in enumerate(self.specs):
             if s.kind != "model" or (s.subject is not None and s.subject != sid):
@@ -584,7 +602,8 @@ def fit(
     per_subject : names of model parameters with one value per subject.
     error_models : observable name -> :class:`~pkpd_cart.estimation.likelihood.ErrorModel`; every
         observable in the data needs one. Sigmas are estimated.
-    fixed : model parameters held at given values (others not estimated keep defaults).
+    fixed : model parameters held at given values (others not estimated keep defaults);
+        ``"name[subject]"`` holds it for one subject (e.g. a measured baseline).
     initial : starting values (``name`` or ``name[subject]``; sigmas as
         ``"<observable>:<add|prop|log>"``).
     subjects : fit only these subjects (an individual fit: one subject); default all.
