@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> Path:
             "# Stein 2019 typical patient\n\n"
             f"Model: `{model.name}` ({model.reference}). Parameters: Table 1 typical values.\n"
             "Simulated from published typical values; no patient data.\n\n"
-            "| quantity | simulated | reference (closed form, models.md A1) |\n|---|---|---|\n"
+            "| quantity | simulated | reference (closed form, Stein 2019 Table 1) |\n"
+            "|---|---|---|\n"
             f"| C(28 d) (copies/ug) | {c28:.1f} | 1373.6 |\n"
             f"| AUC(0-28 d) (copies*d/ug) | {auc:.0f} | 171774 |\n"
         )

@@ -1,12 +1,14 @@
 """Kirouac et al. 2023: CAR-T phenotypes with an antigen-sensing toggle (Kymriah in CLL).
 
 Kirouac DC, Zmurchok C, Deyati A, et al. Deconvolution of clinical variance in CAR-T
-cell pharmacology and response. Nat Biotechnol. 2023. doi:10.1038/s41587-023-01687-x
+cell pharmacology and response. Nat Biotechnol. 2023;41:1606-1617.
+doi:10.1038/s41587-023-01687-x
 
 Eight states: memory (Tm), two effector stages (Te1, Te2), exhausted (Tx), B cells (B),
 B-cell antigen signal (Ba), the infused dose (dose) and the distributing dose (doseX).
 The equations follow the public re-implementation ``mod_eqns.m`` (mstadt/CART2, "modified
-from the code provided in Kirouac et al. 2023"); see the research notes, models.md A3.
+from the code provided in Kirouac et al. 2023"); the reference outputs in the tests (CR1,
+PR1, NR1) are those of the MATLAB runs stored in that repository (sims_patients/).
 
 Units are cell counts as fitted (the absolute scale of T is that of the fitted data).
 The 36 published parameter vectors (12 complete responders CR1..CR12, 12 partial PR1..PR12,
@@ -72,7 +74,7 @@ def build() -> Model:
     m = ModelBuilder(
         "kirouac2023",
         description="CAR-T memory/effector/exhausted phenotypes with an antigen-sensing toggle",
-        reference="Kirouac DC et al. Nat Biotechnol 2023. doi:10.1038/s41587-023-01687-x",
+        reference="Kirouac DC et al. Nat Biotechnol 2023;41:1606. doi:10.1038/s41587-023-01687-x",
     )
     p = {
         name: m.parameter(

@@ -34,11 +34,14 @@ N_TRANSIT = 4
 
 ASSUMPTIONS = (
     "Cells are total-body counts; blood holds a fixed fraction of each pool (2% of T and B "
-    "cells) in 5 L of blood (models.md E0.4, [M]).",
+    "cells) in 5 L of blood (assumption: about 1-2% of body lymphocytes circulate; 2-2.5% of "
+    "B cells by the tissue pools of Hosseini et al. npj Syst Biol Appl 2020;6:28).",
     "Infused cells distribute into the effector pool at k_dist; cells still distributing are "
     "not counted in blood.",
     "Expansion needs CD19 antigen (saturating stimulus) and ends with a programme gate near "
-    "day T_exp, so marrow CD19 supply cannot drive unbounded growth (models.md E0.1).",
+    "day T_exp, so marrow CD19 supply cannot drive unbounded growth (without such a limit "
+    "CAR-T and B cells form a predator-prey system: Leon-Triana et al. Commun Nonlinear Sci "
+    "Numer Simul 2021;94:105570, Eq 3).",
     "Every CD19+ pool is killed at the same rate: marrow precursors, mature and autoreactive "
     "B cells, plasmablasts and (weight w_SL) short-lived plasma cells; long-lived plasma "
     "cells are CD19-negative and spared.",
@@ -65,8 +68,11 @@ def build() -> Model:
         "sle_cart",
         description="Anti-CD19 CAR-T in SLE: expansion, B-cell kill and reconstitution, "
         "autoantibodies, vaccine titres and SLEDAI-2K",
-        reference="Mackensen A et al. Nat Med 2022;28:2124 (setting); structure after the "
-        "research notes models.md section E",
+        reference="Mackensen A et al. Nat Med 2022;28:2124 (setting); structure: this "
+        "package's synthesis of Stein et al. CPT Pharmacometrics Syst Pharmacol 2019;8:285, "
+        "Kirouac et al. Nat Biotechnol 2023;41:1606, Yan et al. Br J Clin Pharmacol "
+        "2022;88:3803, Hosseini et al. npj Syst Biol Appl 2020;6:28 and Andraud et al. PLoS "
+        "Comput Biol 2012;8:e1002418 (per-parameter sources in the parameter table)",
         start_time=-6.0,
     )
     m.notes.extend(ASSUMPTIONS)
@@ -94,7 +100,7 @@ def build() -> Model:
         lower=0.002,
         upper=0.2,
         description="fraction of body CAR-T cells in blood",
-        source="models.md E0.4 ([M], 1-2%)",
+        source="assumption (about 1-2% of body T cells circulate in blood)",
     )
     f_B = m.parameter(
         "f_blood_B",
@@ -103,7 +109,8 @@ def build() -> Model:
         lower=0.002,
         upper=0.2,
         description="fraction of body B cells in blood",
-        source="Hosseini 2020 [C], models.md E0.4 (2-2.5%)",
+        source="2-2.5%, computed from the blood and tissue B-cell pools of Hosseini et al. "
+        "npj Syst Biol Appl 2020;6:28",
     )
     V = m.parameter(
         "V_blood",

@@ -1,14 +1,19 @@
 """B cells: kill by CAR-T cells, and reconstitution from the marrow.
 
-Structure after models.md sections E2 and E3 (research notes). Cells are total-body
+The structure is this package's synthesis. The saturating kill follows Kimmel et al. Proc R
+Soc B 2021;288:20210229 and the Hill kill of Kirouac et al. Nat Biotechnol 2023;41:1606. The
+marrow transit chain follows the inebilizumab (anti-CD19) model of Yan et al. Br J Clin
+Pharmacol 2022;88:3803, in which CD19+ precursors are depleted too; mature B-cell turnover is
+that of Yu et al. CNS Drugs 2022;36:283, and the feedback on marrow output and homeostatic
+proliferation follow Hosseini et al. npj Syst Biol Appl 2020;6:28. Cells are total-body
 counts; blood concentrations are a fixed fraction of the body pool per blood volume.
 
-Kill (E2), applied to every CD19+ pool j:
+Kill, applied to every CD19+ pool j:
 
     kill = k_kill * C_eff^n_k / (K_E^n_k + C_eff^n_k),   C_eff = E + w_M*M
     dB_j/dt = ... - w_j * kill * B_j
 
-Reconstitution (E3): marrow production through a transit chain of n CD19+ precursor
+Reconstitution: marrow production through a transit chain of n CD19+ precursor
 stages (mean transit time tau_BM), homeostatic feedback when B cells are low, loss of
 mature B cells. At the pre-treatment steady state every precursor stage holds
 k_B*B_ref/k_tr cells and the mature pool holds B_ref.
@@ -24,7 +29,9 @@ import sympy as sp
 
 from pkpd_cart.model.modelling import ModelBuilder, hill, positive_part
 
-E2, E3 = "models.md E2", "models.md E3"
+KIMMEL = "Kimmel et al. Proc R Soc B 2021;288:20210229"
+KIROUAC = "Kirouac et al. Nat Biotechnol 2023;41:1606"
+HOSSEINI = "Hosseini et al. npj Syst Biol Appl 2020;6:28"
 
 
 def cd19_kill(m: ModelBuilder, effector: sp.Expr, memory: sp.Expr | None = None) -> sp.Symbol:
@@ -39,7 +46,7 @@ def cd19_kill(m: ModelBuilder, effector: sp.Expr, memory: sp.Expr | None = None)
         lower=0.05,
         upper=5,
         description="maximal kill rate of CD19+ cells",
-        source="Kimmel 2021 gamma_B 1.15; Kirouac 2023 k_kill 0.44-1 (" + E2 + ")",
+        source=KIMMEL + " (Table 1, gamma_B 1.15 /d); " + KIROUAC + " (k_kill 0.44-1 /d)",
     )
     K_E = m.parameter(
         "K_E",
@@ -48,7 +55,7 @@ def cd19_kill(m: ModelBuilder, effector: sp.Expr, memory: sp.Expr | None = None)
         lower=1e6,
         upper=1e11,
         description="CAR-T cells for half-maximal kill",
-        source="Kimmel 2021 k_B 2e9; Kirouac TK50 1e5-1e9 (" + E2 + ")",
+        source=KIMMEL + " (Table 1, k_B 2e9); " + KIROUAC + " (TK50 1e5-1e9)",
     )
     n_k = m.parameter(
         "n_k",
@@ -57,7 +64,7 @@ def cd19_kill(m: ModelBuilder, effector: sp.Expr, memory: sp.Expr | None = None)
         lower=0.3,
         upper=4,
         description="Hill coefficient of kill",
-        source="Kirouac 2023 kt (" + E2 + ")",
+        source=KIROUAC + " (Hill coefficient kt)",
     )
     c_eff = effector
     if memory is not None:
@@ -68,7 +75,8 @@ def cd19_kill(m: ModelBuilder, effector: sp.Expr, memory: sp.Expr | None = None)
             lower=1e-3,
             upper=1,
             description="killing weight of memory CAR-T cells",
-            source="assumption (" + E2 + ")",
+            source="assumption (memory cells must keep killing for the months-long B-cell "
+            "aplasia seen after CD19 CAR-T)",
         )
         c_eff = effector + w_M * memory
     C_eff = m.expression("C_eff", c_eff, "cells", "CAR-T cells that kill")
@@ -94,7 +102,8 @@ def bcell_reconstitution(m: ModelBuilder, n_transit: int = 4) -> list[sp.Symbol]
         lower=1e9,
         upper=2e11,
         description="total-body mature B cells at steady state",
-        source="Leon-Triana B0 2.5e10; Hosseini 2020 ~1e11 (" + E3 + ")",
+        source="Leon-Triana et al. Commun Nonlinear Sci Numer Simul 2021;94:105570 (B0 "
+        "2.5e10); about 1e11 computed from the human parameters of " + HOSSEINI,
     )
     k_B = m.parameter(
         "k_B",
@@ -103,7 +112,7 @@ def bcell_reconstitution(m: ModelBuilder, n_transit: int = 4) -> list[sp.Symbol]
         lower=0.003,
         upper=0.05,
         description="loss of mature B cells (t1/2 55 d)",
-        source="Yu 2022 k_out 0.0124 /d (" + E3 + ")",
+        source="Yu et al. CNS Drugs 2022;36:283 (ofatumumab B-cell model, k_out 0.0124 /d)",
     )
     tau_BM = m.parameter(
         "tau_BM",
@@ -112,8 +121,8 @@ def bcell_reconstitution(m: ModelBuilder, n_transit: int = 4) -> list[sp.Symbol]
         lower=5,
         upper=200,
         description="mean marrow transit time from precursor to mature B cell",
-        source="assumption tuned to B-cell return 110 +/- 32 d (Mackensen "
-        "2022); Yan 2022 transit model (" + E3 + ")",
+        source="assumption tuned to B-cell return 110 +/- 32 d (Mackensen et al. Nat Med "
+        "2022;28:2124); transit chain after Yan et al. Br J Clin Pharmacol 2022;88:3803",
     )
     a_fb = m.parameter(
         "a_fb",
@@ -122,7 +131,7 @@ def bcell_reconstitution(m: ModelBuilder, n_transit: int = 4) -> list[sp.Symbol]
         lower=1e-3,
         upper=10,
         description="up-regulation of marrow output when B cells are low",
-        source="Hosseini 2020 up to 6x (" + E3 + ")",
+        source=HOSSEINI + " (marrow output up to 6x when B cells are depleted)",
     )
     k_hp = m.parameter(
         "k_hp",
@@ -131,7 +140,7 @@ def bcell_reconstitution(m: ModelBuilder, n_transit: int = 4) -> list[sp.Symbol]
         lower=1e-4,
         upper=0.1,
         description="homeostatic proliferation of mature B cells when low",
-        source="Hosseini 2020 kBprolif 0.05 /d (" + E3 + "), assumption",
+        source="assumption, below kBprolif 0.05 /d of " + HOSSEINI,
     )
 
     k_tr = m.expression("k_tr", n_transit / tau_BM, "1/d", "transit rate between marrow stages")

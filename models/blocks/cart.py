@@ -1,10 +1,12 @@
 """CAR-T cellular kinetics: infusion, antigen-driven expansion limited in time, contraction,
 effector-to-memory conversion, memory persistence, optional exhaustion.
 
-Structure after models.md section E1 (research notes), which combines
-Stein 2019 (CPT:PSP 8:285; expansion programme ending at Tmax, contraction, memory),
-Kirouac 2023 (Nat Biotechnol; antigen-dependent proliferation and exhaustion, infused-dose
-distribution) and the liso-cel model (distribution lag). Cells are total-body counts.
+The structure is this package's synthesis of three published models: Stein et al. CPT
+Pharmacometrics Syst Pharmacol 2019;8:285 (Fig. 2, Table 1: expansion programme ending at
+Tmax, contraction, memory), Kirouac et al. Nat Biotechnol 2023;41:1606 (antigen-dependent
+proliferation and exhaustion, distribution of the infused dose) and the lisocabtagene
+maraleucel population model (Clin Pharmacokinet 2021, doi:10.1007/s40262-021-01039-5; lag
+before expansion). Cells are total-body counts.
 
     dD/dt = -k_dist*D                                             (infused cells)
     dE/dt =  k_dist*D + k_exp*S(A)*G(t)*E - (k_E + k_EM)*E - k_EX*S(A)*E
@@ -14,7 +16,9 @@ distribution) and the liso-cel model (distribution lag). Cells are total-body co
     G(t)  =  1/(1 + (max(0,t)/T_exp)^n_g)  expansion programme (smooth Stein Tmax)
 
 The programme gate G bounds the expansion in time, so a continuous CD19 supply from the
-marrow cannot drive unbounded growth (models.md E0.1).
+marrow cannot drive unbounded growth. Without such a limit, marrow B-cell production and
+antigen-driven expansion form a predator-prey system in which CAR-T cells persist or
+oscillate (Leon-Triana et al. Commun Nonlinear Sci Numer Simul 2021;94:105570, Eq 3).
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ import sympy as sp
 
 from pkpd_cart.model.modelling import ModelBuilder, hill, positive_part
 
-E1 = "models.md E1"
+STEIN = "Stein et al. CPT Pharmacometrics Syst Pharmacol 2019;8:285"
+KIROUAC = "Kirouac et al. Nat Biotechnol 2023;41:1606"
 
 
 def cart_expansion(m: ModelBuilder, antigen: sp.Expr, exhaustion: bool = False) -> None:
@@ -44,7 +49,7 @@ def cart_expansion(m: ModelBuilder, antigen: sp.Expr, exhaustion: bool = False) 
         lower=0.05,
         upper=20,
         description="distribution/homing of infused cells into the effector pool",
-        source="assumption (t1/2 0.7 d; Kirouac 2023 dose-split rates 1-70 /d)",
+        source="assumption (t1/2 0.7 d); " + KIROUAC + " dose-split rates 1-70 /d",
     )
     k_exp = m.parameter(
         "k_exp",
@@ -53,7 +58,7 @@ def cart_expansion(m: ModelBuilder, antigen: sp.Expr, exhaustion: bool = False) 
         lower=0.2,
         upper=3,
         description="maximal antigen-driven expansion rate",
-        source="Stein 2019 rho = 0.89 /d plus contraction; Kirouac ue 0.5-1 /d; " + E1,
+        source=f"{STEIN} (Table 1, net rho 0.89 /d) plus contraction; {KIROUAC} (ue 0.5-1 /d)",
     )
     T_exp = m.parameter(
         "T_exp",
@@ -62,7 +67,8 @@ def cart_expansion(m: ModelBuilder, antigen: sp.Expr, exhaustion: bool = False) 
         lower=3,
         upper=20,
         description="length of the expansion programme (half-maximal gate)",
-        source="Stein 2019 Tmax 9.3 d; Erlangen peak day 8.6 +/- 0.8 (ASH 2023)",
+        source=STEIN + " (Table 1, Tmax 9.3 d); Erlangen peak day 8.6 +/- 0.8 "
+        "(Muller et al. ASH 2023 abstract)",
     )
     n_g = m.parameter(
         "n_g",
@@ -71,7 +77,7 @@ def cart_expansion(m: ModelBuilder, antigen: sp.Expr, exhaustion: bool = False) 
         lower=1,
         upper=20,
         description="steepness of the programme gate (infinite = Stein switch)",
-        source="assumption, " + E1 + " (4-6)",
+        source="assumption (4-6: a smooth but sharp version of the Stein Tmax switch)",
     )
     EC50_A = m.parameter(
         "EC50_A",
@@ -80,7 +86,8 @@ def cart_expansion(m: ModelBuilder, antigen: sp.Expr, exhaustion: bool = False) 
         lower=1e7,
         upper=1e11,
         description="CD19+ cells for half-maximal stimulus",
-        source="Kirouac 2023 B50 1e9-1e10; Leon-Triana C50 1e9 (" + E1 + ")",
+        source=KIROUAC + " (B50 1e9-1e10); Leon-Triana et al. Commun Nonlinear Sci "
+        "Numer Simul 2021;94:105570 (C50 1e9, Eq 3)",
     )
     h = m.parameter(
         "h",
@@ -89,7 +96,7 @@ def cart_expansion(m: ModelBuilder, antigen: sp.Expr, exhaustion: bool = False) 
         lower=0.3,
         upper=4,
         description="Hill coefficient of stimulus",
-        source="Kirouac 2023 ke 1-3 (" + E1 + ")",
+        source=KIROUAC + " (ke 1-3)",
     )
     k_E = m.parameter(
         "k_E",
@@ -98,7 +105,7 @@ def cart_expansion(m: ModelBuilder, antigen: sp.Expr, exhaustion: bool = False) 
         lower=0.02,
         upper=1,
         description="effector contraction rate",
-        source="Stein 2019 alpha, Table 1",
+        source=STEIN + " (Table 1, alpha)",
     )
     k_EM = m.parameter(
         "k_EM",
@@ -107,7 +114,7 @@ def cart_expansion(m: ModelBuilder, antigen: sp.Expr, exhaustion: bool = False) 
         lower=1e-5,
         upper=0.05,
         description="effector to memory conversion",
-        source="Stein 2019 FB*(alpha-beta) = 0.0012 /d, Table 1",
+        source=STEIN + " (Table 1, FB*(alpha-beta) = 0.0012 /d)",
     )
     k_M = m.parameter(
         "k_M",
@@ -116,8 +123,9 @@ def cart_expansion(m: ModelBuilder, antigen: sp.Expr, exhaustion: bool = False) 
         lower=1e-3,
         upper=0.2,
         description="memory CAR-T loss (persistence, t1/2 77 d)",
-        source="Stein 2019 beta 0.0032 /d in B-ALL; persistence shorter in SLE "
-        "(Muller, Blood 2025); value tuned to B-cell return ~110 d (assumption)",
+        source=STEIN + " (Table 1, beta 0.0032 /d in B-ALL); persistence shorter in SLE "
+        "(Muller et al. Blood 2025, doi:10.1182/blood.2025028375); value tuned to B-cell "
+        "return ~110 d (assumption)",
     )
 
     D = m.state("CAR_D", "cells", dose_target=True, description="infused CAR-T cells")
@@ -147,7 +155,7 @@ def cart_expansion(m: ModelBuilder, antigen: sp.Expr, exhaustion: bool = False) 
             lower=1e-4,
             upper=1,
             description="antigen-driven exhaustion",
-            source="Kirouac 2023 kex 0.1-0.36 /d (" + E1 + ")",
+            source=KIROUAC + " (kex 0.1-0.36 /d)",
         )
         k_X = m.parameter(
             "k_X",
@@ -156,7 +164,7 @@ def cart_expansion(m: ModelBuilder, antigen: sp.Expr, exhaustion: bool = False) 
             lower=1e-3,
             upper=1,
             description="loss of exhausted cells",
-            source="Kirouac 2023 dx 0.006-0.09 /d (" + E1 + ")",
+            source=KIROUAC + " (dx 0.006-0.09 /d)",
         )
         X = m.state("CAR_X", "cells", description="exhausted CAR-T cells")
         m.flow(E, X, k_EX * S * E, label="exhaustion")

@@ -1,6 +1,7 @@
 """Disease activity (SLEDAI-2K) and lymphodepletion with host T cells.
 
-SLEDAI-2K (models.md E5): an indirect response to the autoantibody burden,
+SLEDAI-2K: an indirect response to the autoantibody burden (a form chosen for this
+package, not taken from a published model),
 
     dS/dt = k_S*(S0*(Ab/Ab0)^gamma_S - S),
 
@@ -22,8 +23,6 @@ import sympy as sp
 
 from pkpd_cart.model.modelling import ModelBuilder
 
-E5 = "models.md E5"
-
 
 def sledai(m: ModelBuilder, antibody: sp.Symbol, baseline: sp.Symbol) -> sp.Symbol:
     """Disease-activity state ``S_act`` (SLEDAI-2K units) driven by ``antibody / baseline``."""
@@ -34,8 +33,9 @@ def sledai(m: ModelBuilder, antibody: sp.Symbol, baseline: sp.Symbol) -> sp.Symb
         lower=1,
         upper=40,
         description="baseline SLEDAI-2K",
-        source="Mackensen 2022 median 16 (range 8-16); conflicts with ACR 2022 "
-        "#1651 per-patient 16/16/10/8/9 (clinical-data.md section 5)",
+        source="Mackensen et al. Nat Med 2022;28:2124, median 16 (range 8-16); conflicts "
+        "with the per-patient 16/16/10/8/9 of Schett et al. ACR Convergence 2022 abstract "
+        "#1651",
     )
     k_S = m.parameter(
         "k_S",
@@ -44,7 +44,8 @@ def sledai(m: ModelBuilder, antibody: sp.Symbol, baseline: sp.Symbol) -> sp.Symb
         lower=0.005,
         upper=1,
         description="turnover of disease activity",
-        source="assumption (" + E5 + ")",
+        source="assumption (t1/2 ~12 d, so SLEDAI-2K falls from 16 to <= 2 by month 3 as "
+        "in Mackensen et al. Nat Med 2022;28:2124)",
     )
     gamma_S = m.parameter(
         "gamma_S",
@@ -53,7 +54,7 @@ def sledai(m: ModelBuilder, antibody: sp.Symbol, baseline: sp.Symbol) -> sp.Symb
         lower=0.2,
         upper=5,
         description="sensitivity of activity to autoantibody burden",
-        source="assumption (" + E5 + ")",
+        source="assumption (chosen with k_S to match the fall of SLEDAI-2K by month 3)",
     )
     S = m.state("S_act", "score", initial=S0, description="disease activity in SLEDAI-2K units")
     ratio = sp.Max(antibody / baseline, 0)

@@ -1,8 +1,11 @@
 """Autoreactive B cells, plasma cells and autoantibodies; vaccine titres.
 
-Structure after models.md sections E4 and C1 (research notes). Plasma-cell pools are
-relative to their pre-treatment steady state (1 at baseline), so the antibody level is
-anchored to a measured baseline titre:
+The structure is this package's synthesis: CD19+ plasmablasts and short-lived plasma cells
+are killed by the CAR and CD19- long-lived plasma cells are spared, with the two plasma-cell
+time scales of Andraud et al. PLoS Comput Biol 2012;8:e1002418 and an IgG half-life of 21 d
+(Morell et al. J Clin Invest 1970;49:673). Plasma-cell pools are relative to their
+pre-treatment steady state (1 at baseline), so the antibody level is anchored to a measured
+baseline titre:
 
     dB_auto/dt = k_rec*B_mat - k_auto*B_auto - kill*B_auto      (autoreactive memory B)
     dPB/dt  = k_PB*(B_auto/B_auto0) - k_PB*PB - kill*PB          (plasmablasts, CD19+)
@@ -11,10 +14,11 @@ anchored to a measured baseline titre:
     dAb/dt  = k_IgG*Ab0*((1 - f_SL - f_LL)*PB + f_SL*SL + f_LL*LL) - k_IgG*Ab
 
 f_SL and f_LL are the baseline shares of anti-dsDNA production by short- and long-lived
-plasma cells. If production by PB and SL stops, Ab/Ab0 = f_LL + (1 - f_LL)*exp(-k_IgG*t)
-(models.md C1). Vaccine titres come from long-lived plasma cells only, replenished from
-the mature B-cell pool, so CD19 CAR-T leaves them nearly unchanged (Hill 2019: measles IgG
-+1.2% after CD19 CAR-T; titres "maintained", ACR 2023 #0607).
+plasma cells. If production by PB and SL stops, Ab/Ab0 = f_LL + (1 - f_LL)*exp(-k_IgG*t);
+this closed form bounds f_LL from the seroconversion by month 3. Vaccine titres come from
+long-lived plasma cells only, replenished from the mature B-cell pool, so CD19 CAR-T leaves
+them nearly unchanged (Hill et al. Blood Adv 2019;3:3590: measles IgG +1.2% after CD19
+CAR-T; titres "maintained", Schett et al. ACR Convergence 2023 abstract #0607).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import sympy as sp
 
 from pkpd_cart.model.modelling import ModelBuilder
 
-E4, C1 = "models.md E4", "models.md C1"
+ANDRAUD = "Andraud et al. PLoS Comput Biol 2012;8:e1002418"
 
 
 def autoreactive_bcells(m: ModelBuilder) -> sp.Symbol:
@@ -69,7 +73,7 @@ def plasma_cells_and_autoantibody(m: ModelBuilder) -> dict[str, sp.Symbol]:
         lower=0.05,
         upper=1,
         description="plasmablast turnover (t1/2 3.5 d)",
-        source="[M] " + E4,
+        source="assumption (plasmablasts live a few days; not from a primary source)",
     )
     k_SL = m.parameter(
         "k_SL",
@@ -78,7 +82,7 @@ def plasma_cells_and_autoantibody(m: ModelBuilder) -> dict[str, sp.Symbol]:
         lower=0.003,
         upper=0.1,
         description="short-lived plasma-cell turnover (months)",
-        source="Andraud 2012 'several months' (" + E4 + ")",
+        source=ANDRAUD + " (short-lived plasma cells live several months)",
     )
     k_LL = m.parameter(
         "k_LL",
@@ -87,7 +91,7 @@ def plasma_cells_and_autoantibody(m: ModelBuilder) -> dict[str, sp.Symbol]:
         lower=1e-6,
         upper=1e-3,
         description="long-lived plasma-cell turnover (decades)",
-        source="Andraud 2012 'decades' (" + E4 + ")",
+        source=ANDRAUD + " (long-lived plasma cells live decades)",
     )
     w_SL = m.parameter(
         "w_SL",
@@ -96,7 +100,7 @@ def plasma_cells_and_autoantibody(m: ModelBuilder) -> dict[str, sp.Symbol]:
         lower=0.01,
         upper=1,
         description="CD19+ fraction of short-lived plasma cells (killed)",
-        source="assumption (" + E4 + ")",
+        source="assumption (short-lived plasma cells are mostly CD19+, unlike long-lived ones)",
     )
     f_SL = m.parameter(
         "f_SL",
@@ -114,7 +118,9 @@ def plasma_cells_and_autoantibody(m: ModelBuilder) -> dict[str, sp.Symbol]:
         lower=1e-3,
         upper=0.5,
         description="baseline share of anti-dsDNA from long-lived plasma cells",
-        source="seroconversion by 3 months implies <= 0.1-0.2 (" + C1 + ")",
+        source="anti-dsDNA seroconversion by month 3 (Mackensen et al. Nat Med "
+        "2022;28:2124) implies <= 0.1-0.2 if only long-lived plasma cells keep secreting "
+        "(this package's calculation)",
     )
     k_IgG = m.parameter(
         "k_IgG",
@@ -123,7 +129,8 @@ def plasma_cells_and_autoantibody(m: ModelBuilder) -> dict[str, sp.Symbol]:
         lower=0.01,
         upper=0.1,
         description="IgG elimination (t1/2 21 d)",
-        source="Morell & Waldmann 1970 [M]; belimumab t1/2 19.4 d (" + C1 + ")",
+        source="Morell et al. J Clin Invest 1970;49:673 (IgG1/2/4 t1/2 ~21 d); belimumab "
+        "t1/2 19.4 d (Struemper et al. J Clin Pharmacol 2013;53:711)",
     )
     Ab0 = m.parameter(
         "Ab0",

@@ -48,7 +48,7 @@ def test_autoantibody_decays_at_igg_half_life_when_production_stops():
     )
     np.testing.assert_allclose(df["LLPC"], LL, rtol=1e-8)
     np.testing.assert_allclose(df["Ab_dsDNA"], exact, rtol=1e-7)
-    # models.md C1: A(90)/A0 = f_LL + (1 - f_LL) exp(-k_IgG 90) when LLPC are constant;
+    # A(90)/A0 = f_LL + (1 - f_LL) exp(-k_IgG 90) when long-lived plasma cells are constant;
     # here they decay at k_LL, a 0.3% difference at day 90
     approx = f_LL + (1 - f_LL) * math.exp(-kI * 90)
     assert df["Ab_dsDNA"].iloc[3] / Ab0 == pytest.approx(approx, rel=5e-3)

@@ -1,4 +1,5 @@
-"""Kirouac 2023 published parameter sets and reference outputs (models.md A3)."""
+"""Kirouac 2023 published parameter sets and reference outputs (the MATLAB runs of
+mstadt/CART2, sims_patients/)."""
 
 import numpy as np
 import pytest

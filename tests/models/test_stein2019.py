@@ -1,4 +1,5 @@
-"""Stein 2019 typical patient against its closed form (models.md A1 reference values)."""
+"""Stein 2019 typical patient against its closed form (Stein et al. CPT Pharmacometrics
+Syst Pharmacol 2019;8:285, Table 1)."""
 
 import numpy as np
 import pytest
