@@ -583,7 +583,8 @@ def test_fixed_theta_omega_and_sigma_stay_at_their_values():
     [
         (
             {"covariance": "sandwhich"},
-            "unknown covariance method 'sandwhich'; choose one of 'sandwich', 'R', 'S' or None",
+            "unknown covariance method 'sandwhich'; choose one of 'sandwich', 'R', 'S', "
+            "'lin' or None",
         ),
         ({"max_iterations": -1}, "max_iterations must be a non-negative integer, not -1"),
         ({"data": "wang2007.csv"}, "fit_population needs a Dataset (pk.read_dataset), not str"),

@@ -13,7 +13,7 @@ import numpy as np
 
 from pkpd_cart.estimation.population_objective import PopulationObjective
 
-COVARIANCE_METHODS = ("sandwich", "R", "S", None)
+COVARIANCE_METHODS = ("sandwich", "R", "S", "lin", None)
 COVARIANCE_INNER_TOLERANCE = 1e-16  # Newton decrement of the EBEs in the covariance step
 
 

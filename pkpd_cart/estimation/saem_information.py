@@ -258,3 +258,41 @@ def covariance_from(information: np.ndarray) -> tuple[np.ndarray | None, str | N
             f"{w.min():.3g}): some parameters are not identifiable from these data"
         )
     return np.linalg.inv(sym), None
+
+
+def linearised_covariance(population, data, etas: np.ndarray, layout: Layout, prior=None):
+    """The covariance of a FOCE-family fit's estimates from the linearised Fisher
+    information (as ``"lin"`` above) at the EBEs ``etas`` (n_subjects, n_eta), plus half
+    the Hessian of ``prior`` (a function of the natural vector: -2 log prior), if given.
+    Returns ``(covariance or None, information, reason)``; the model must be mu-referenced
+    (``P = theta exp(eta)`` and the like, as SAEM needs)."""
+    from pkpd_cart.estimation.saem import SAMPLING_SOLVER, SaemOptions, _Saem
+
+    s = _Saem(population, data, SaemOptions(chains=1), SAMPLING_SOLVER)
+    N = s.n_sub
+    keep = [j for j in range(s.n_eta) if j not in s.annealed]
+    phi_hat = s.mu(s.theta)[:N].copy()
+    phi_hat[:, keep] += etas
+    info, _ = linearised_information(s, layout, phi_hat)
+    if prior is not None:
+        x = layout.natural()
+        free = layout.free
+        h = np.array([1e-4 * max(abs(x[k]), 1e-6) for k in free])
+        n = len(free)
+        H = np.zeros((n, n))
+
+        def at(*moves):
+            z = x.copy()
+            for k, sign in moves:
+                z[free[k]] += sign * h[k]
+            return prior(z)
+
+        for a in range(n):
+            for b in range(a + 1):
+                H[a, b] = H[b, a] = (
+                    at((a, 1), (b, 1)) - at((a, 1), (b, -1)) - at((a, -1), (b, 1))
+                    + at((a, -1), (b, -1))
+                ) / (4 * h[a] * h[b])  # fmt: skip
+        info = info + 0.5 * H
+    cov, reason = covariance_from(info)
+    return cov, info, reason
