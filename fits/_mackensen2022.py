@@ -1,4 +1,5 @@
-"""The published numbers of Mackensen et al. 2022 as data, and the cohort targets they imply.
+"""Helper of the fit scripts (imported, not run): the published numbers of Mackensen et al.
+2022 as data, and the cohort targets they imply.
 
 ``fits/data/mackensen2022_published.csv`` holds every public fact about the five patients
 with its source and evidence level (see its header). This module reads it and derives the

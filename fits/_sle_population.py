@@ -1,4 +1,4 @@
-"""Population summaries of ``sle_cart`` shared by the calibration and virtual-cohort scripts."""
+"""Helper of the fit scripts (imported, not run): population summaries of ``sle_cart``."""
 
 from __future__ import annotations
 

@@ -28,8 +28,8 @@ from pkpd_cart.reporting.report import versions
 from pkpd_cart.simulation.population import observable_matrix
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import mackensen2022  # noqa: E402
-import sle_population as sp_  # noqa: E402
+import _mackensen2022 as mackensen2022  # noqa: E402
+import _sle_population as sp_  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "reports" / "mackensen2022_cohort_calibration"
 WEIGHT_KG = 60.0  # assumption: body weights are not published

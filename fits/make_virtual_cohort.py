@@ -27,12 +27,13 @@ import pkpd_cart as pk
 from pkpd_cart.simulation.population import individual_parameters
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import mackensen2022  # noqa: E402
-import sle_population  # noqa: E402
+import _mackensen2022 as mackensen2022  # noqa: E402
+import _sle_population as sle_population  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data"
 DEFAULT_OUT = DATA / "mackensen2022_virtual_cohort.csv"
 DEFAULT_TRUTH = DATA / "mackensen2022_virtual_cohort_truth.csv"
+POPULATION_TRUTH = DATA / "mackensen2022_virtual_cohort_population_truth.csv"
 SEED = 20220915
 
 #: Assumed body weights (kg): not published. Typical for young adults of that sex.
@@ -47,6 +48,19 @@ ASSAYS = {
     "vaccine_titre": ("1", None, 0.10),
     "SLEDAI": ("score", None, None),  # integer score: rounded, with +/-1 point noise
 }
+
+#: Assumed between-patient variability of the baseline anti-dsDNA level Ab0 (SD on the log
+#: scale): per-patient baselines are not published; anti-dsDNA titres in active SLE differ
+#: several-fold between patients. The typical value is the model's default.
+AB0_OMEGA_SD = 0.5
+#: SLEDAI-2K after baseline: the true score plus normal noise of this SD, rounded to an
+#: integer and clipped at 0 (an assumption). The fit's error model matches it: a score of 0
+#: is censored below 0.5 (M3, the probability of a score that rounds to 0); positive scores
+#: are normal with the rounding absorbed in the SD (sqrt(0.5^2 + 1/12) = 0.577).
+SLEDAI_NOISE_SD = 0.5
+SLEDAI_ZERO_LIMIT = 0.5
+#: The parameters the fits estimate; the truth file gives each patient's true value.
+ESTIMATED = ["k_exp", "T_exp", "Ab0", "k_M", "tau_BM", "f_LL", "k_S", "SLEDAI0"]
 
 FIRST_MONTH = [1, 3, 5, 7, 9, 11, 14, 21, 28]
 
@@ -67,6 +81,32 @@ def schedule(followup_months: float) -> dict[str, list[float]]:
     }
 
 
+def population_truth() -> pd.DataFrame:
+    """The population the virtual patients are drawn from: typical value and variance of
+    the log-normal random effect (0: none) of every estimated parameter, and the SD of each
+    observable's residual error as the fits parameterise it."""
+    model = pk.load_model("sle_cart")
+    typical, omega, _ = sle_population.load_population(DATA / "sle_cart_population.json")
+    rows = []
+    for name in ESTIMATED:
+        if name == "SLEDAI0":
+            continue  # the published baseline of each patient (a covariate)
+        variance = AB0_OMEGA_SD**2 if name == "Ab0" else float(omega.get(name, 0.0)) ** 2
+        rows.append(
+            {
+                "parameter": name,
+                "typical": float(typical.get(name, model.parameters[name].value)),
+                "omega_variance": variance,
+            }
+        )
+    for dvid, (_, _, sd) in ASSAYS.items():
+        if sd is not None:
+            rows.append({"parameter": f"SIGMA({dvid}:log)", "typical": sd, "omega_variance": 0.0})
+    effective = (SLEDAI_NOISE_SD**2 + 1.0 / 12.0) ** 0.5  # rounding adds 1/12
+    rows.append({"parameter": "SIGMA(SLEDAI:add)", "typical": effective, "omega_variance": 0.0})
+    return pd.DataFrame(rows)
+
+
 def draw_cohort(seed: int = SEED) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(records, truth)``: the synthetic dataset and each virtual patient's parameters."""
     rng = np.random.default_rng(seed)
@@ -77,6 +117,8 @@ def draw_cohort(seed: int = SEED) -> tuple[pd.DataFrame, pd.DataFrame]:
         rng.standard_normal((len(people), len(omega))), columns=sorted(omega), index=people.index
     )
     params = individual_parameters(model, typical, omega, eta)
+    ab0 = model.parameters["Ab0"].value * np.exp(AB0_OMEGA_SD * rng.standard_normal(len(people)))
+    params["Ab0"] = ab0
     params["SLEDAI0"] = people["SLEDAI0"].to_numpy()  # published baseline (S3)
     rows = []
     for pid, person in people.iterrows():
@@ -87,7 +129,14 @@ def draw_cohort(seed: int = SEED) -> tuple[pd.DataFrame, pd.DataFrame]:
             grid, params=params.loc[pid].to_dict(), doses=mackensen_doses(wt), t0=-10.0
         )
         at = frame.set_index("time")
-        common = {"ID": pid, "WT": wt, "AGE": person["age"], "SEX": person["sex"], "SYNTHETIC": 1}
+        common = {
+            "ID": pid,
+            "WT": wt,
+            "AGE": person["age"],
+            "SEX": person["sex"],
+            "SLEDAI_BL": person["SLEDAI0"],
+            "SYNTHETIC": 1,
+        }
         dose = mackensen_doses(wt)[0]
         rows.append(
             {
@@ -105,24 +154,26 @@ def draw_cohort(seed: int = SEED) -> tuple[pd.DataFrame, pd.DataFrame]:
             unit, lloq, sd = ASSAYS[dvid]
             for day in days[dvid]:
                 true = float(at.loc[day, dvid])
-                note = ""
+                note, mdv, limit = "", 0, lloq
                 if dvid == "SLEDAI" and day < 0:
-                    value, note = person["SLEDAI0"], "published baseline (ACR 2022 #1651)"
+                    value, mdv = person["SLEDAI0"], 1
+                    note = "published baseline (ACR 2022 #1651): the covariate SLEDAI_BL"
                 elif dvid == "SLEDAI":
-                    value = float(max(0, round(true + rng.normal(0.0, 0.5))))
+                    value = float(max(0, round(true + rng.normal(0.0, SLEDAI_NOISE_SD))))
+                    limit = SLEDAI_ZERO_LIMIT if value == 0 else None
                 else:
                     value = true * float(np.exp(rng.normal(0.0, sd)))
-                censored = lloq is not None and value < lloq
+                censored = limit is not None and value < limit
                 rows.append(
                     {
                         **common,
                         "TIME": day,
                         "DVID": dvid,
                         "EVID": 0,
-                        "MDV": 0,
+                        "MDV": mdv,
                         "DV": None if censored else value,
                         "CENS": int(censored),
-                        "LIMIT": lloq,
+                        "LIMIT": limit,
                         "UNIT": unit,
                         "NOTE": note,
                     }
@@ -147,11 +198,12 @@ def draw_cohort(seed: int = SEED) -> tuple[pd.DataFrame, pd.DataFrame]:
         "WT",
         "AGE",
         "SEX",
+        "SLEDAI_BL",
         "SYNTHETIC",
         "SOURCE",
         "NOTE",
     ]
-    truth = params[["k_exp", "T_exp", "k_M", "SLEDAI0"]].copy()
+    truth = params[ESTIMATED].copy()
     truth.insert(0, "WT", [WEIGHTS[p] for p in truth.index])
     truth.index.name = "ID"
     return records[columns].reset_index(drop=True), truth
@@ -161,8 +213,11 @@ HEADER = (
     "# SYNTHETIC DATA - NOT PATIENT DATA. Simulated by fits/make_virtual_cohort.py (seed {seed}).",
     "# Five virtual patients with the published sex, age, baseline SLEDAI-2K and follow-up of "
     "Mackensen 2022 patients 1-5 (ACR 2022 #1651);",
-    "# body weights, assay limits and measurement errors are assumptions; parameters are drawn "
-    "from sle_cart calibrated to the published cohort summaries.",
+    "# body weights, assay limits, measurement errors and the spread of baseline anti-dsDNA "
+    "are assumptions; k_exp and T_exp are drawn from sle_cart calibrated to the published "
+    "cohort summaries.",
+    "# SLEDAI: the baseline row (MDV=1) is the published value, given as the covariate "
+    "SLEDAI_BL; later scores are rounded and clipped at 0, and a 0 is censored below 0.5 (M3).",
     "# Replace with values read off the paper's figures (docs/entering-figure-data.md) for "
     "real fits.",
 )
@@ -201,7 +256,14 @@ def main(argv: list[str] | None = None) -> Path:
     write(records, args.out, args.seed)
     header = f"# SYNTHETIC: true parameters of the virtual patients (seed {args.seed})\n"
     args.truth.write_text(header + truth.to_csv(float_format="%.6g", lineterminator="\n"))
-    data = pk.read_dataset(args.out, model=pk.load_model("sle_cart"))
+    stem = args.truth.stem.removesuffix("_truth")
+    population = args.truth.with_name(f"{stem}_population_truth.csv")
+    population.write_text(
+        "# SYNTHETIC: the population the virtual patients are drawn from "
+        "(fits/make_virtual_cohort.py)\n"
+        + population_truth().to_csv(index=False, float_format="%.6g", lineterminator="\n")
+    )
+    data = pk.read_dataset(args.out, model=pk.load_model("sle_cart"), covariates=["SLEDAI_BL"])
     print(data.report())
     return args.out
 

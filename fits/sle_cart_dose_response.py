@@ -29,7 +29,7 @@ from pkpd_cart.simulation.population import PerKgDose, Population, observable_ma
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-import sle_population  # noqa: E402
+import _sle_population as sle_population  # noqa: E402
 
 DOSES_PER_KG = [1e5, 3e5, 1e6, 3e6, 1e7]
 WEIGHT = (65.0, 12.0, 40.0, 120.0)  # mean, SD, lower, upper (kg): assumption

@@ -104,7 +104,7 @@ def test_linearised_covariance_of_a_map_fit_is_exact_for_a_linear_model():
     pop.prior_theta("tv_P", mean=4.5, sd=0.2, scale="linear", source="test")
     pop.prior_omega(["eta_P"], [0.25], df=5, source="test")
     fit = pk.fit_population(pop, data, method="FOCEI", covariance="lin")
-    theta, omega, sd = fit.theta["tv_P"], fit.omega[0, 0], fit.sigma[("y", "add")]
+    omega, sd = fit.omega[0, 0], fit.sigma[("y", "add")]
     info = np.zeros((3, 3))
     for y in subjects:
         n = len(y)

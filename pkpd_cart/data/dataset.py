@@ -169,6 +169,19 @@ class Dataset:
             lines.append(f"  {sid}: " + ", ".join(parts))
         return "\n".join(lines)
 
+    def subset(self, subject_ids) -> Dataset:
+        """The records of ``subject_ids`` only (e.g. leave-one-subject-out)."""
+        import dataclasses
+
+        from pkpd_cart.errors import InputError
+
+        ids = [str(s) for s in subject_ids]
+        unknown = [s for s in ids if s not in self.subjects]
+        if unknown:
+            raise InputError(f"{self.source}: no subject(s) {', '.join(unknown)}")
+        frame = self.frame[self.frame["ID"].isin(ids)].copy()
+        return dataclasses.replace(self, frame=frame)
+
     def for_model(self, model: Model) -> Dataset:
         """Check observables and dose targets against ``model`` and convert units to its units."""
         return _convert(self, model)

@@ -78,3 +78,32 @@ def plot_population_bands(
         fig.savefig(path, dpi=110)
         plt.close(fig)
     return fig
+
+
+def plot_correlation(matrix, names, path=None, title: str = "Correlation of the estimates"):
+    """A correlation matrix as a heat map (-1 blue to +1 red) with the values written in;
+    written to ``path`` if given, and returned."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    corr = np.asarray(matrix, dtype=float)
+    size = len(names)
+    fig, ax = plt.subplots(figsize=(1.5 + 0.55 * size, 1.0 + 0.5 * size))
+    image = ax.imshow(corr, vmin=-1, vmax=1, cmap="RdBu_r")
+    ax.set_xticks(range(size), names, rotation=90, fontsize=7)
+    ax.set_yticks(range(size), names, fontsize=7)
+    if size <= 30:
+        for i in range(size):
+            for j in range(size):
+                if np.isfinite(corr[i, j]):
+                    ax.text(j, i, f"{corr[i, j]:.2f}", ha="center", va="center", fontsize=6)
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+    return fig

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -68,10 +68,31 @@ def _binned_median(x: np.ndarray, y: np.ndarray, bins: int = 8):
 
 
 def figure_gof(diag: pd.DataFrame, obs: str, unit: str, time_unit: str, path, synthetic):
+    from scipy import stats
+
     d = diag[diag["DVID"] == obs]
     cens = d["CENS"].to_numpy() != 0
     dv = np.where(cens, d["LIMIT"].to_numpy(), d["DV"].to_numpy())
-    fig, axes = plt.subplots(2, 2, figsize=(9, 7.5))
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7.5))
+    cwres = d["CWRES"].to_numpy(dtype=float)
+    ok = np.isfinite(cwres)
+    ax = axes[0, 2]
+    if ok.sum() > 2:
+        (osm, osr), _ = stats.probplot(cwres[ok], dist="norm")
+        ax.plot(osm, osr, "o", ms=3)
+    ax.plot([-3, 3], [-3, 3], "k-", lw=0.8)
+    ax.set_xlabel("N(0,1) quantiles")
+    ax.set_ylabel("CWRES quantiles")
+    ax.set_title("QQ plot of CWRES (uncensored)", fontsize=9)
+    ax = axes[1, 2]
+    iwres = d["IWRES"].to_numpy(dtype=float)
+    ax.plot(d["IPRED"], iwres, "o", ms=3, alpha=0.6)
+    bx, by = _binned_median(d["IPRED"].to_numpy(dtype=float), iwres)
+    ax.plot(bx, by, "r-", lw=1.2, label="binned median")
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xlabel(f"IPRED ({unit})")
+    ax.set_ylabel("IWRES")
+    ax.legend(fontsize=7)
     for ax, col in zip(axes[0], ("PRED", "IPRED")):
         pred = d[col].to_numpy()
         ax.plot(pred[~cens], dv[~cens], "o", ms=3, alpha=0.6, label="observed")
@@ -105,31 +126,65 @@ def figure_gof(diag: pd.DataFrame, obs: str, unit: str, time_unit: str, path, sy
     plt.close(fig)
 
 
-def figure_individual(
-    diag: pd.DataFrame, obs: str, unit: str, time_unit: str, dose_times, path, synthetic
-):
+def figure_individual(result, data, obs: str, unit: str, time_unit: str, path, synthetic):
+    """Observed records and the individual (IPRED) and typical (PRED) courses on a fine
+    grid, first 12 subjects; doses dotted; BLQ records at the LLOQ as open triangles."""
+    from pkpd_cart.estimation.population_objective import subjects_from_dataset
+    from pkpd_cart.simulation.solver import simulate
+
+    pop = result.population
+    model = pop.model
+    diag = result.diagnostics
     d = diag[diag["DVID"] == obs]
     ids = list(dict.fromkeys(d["ID"]))[:12]
+    subjects = {s.id: s for s in subjects_from_dataset(pop, data)}
+    individual = result.individual.set_index(result.individual["ID"].astype(str))
+    k = list(model.observables).index(obs)
+    seen = np.concatenate([d["DV"].to_numpy(dtype=float), d["LIMIT"].to_numpy(dtype=float)])
+    seen = seen[np.isfinite(seen)]
+    # a log axis for a positive observable spanning more than a decade; linear otherwise
+    # (bounded scores and ratios such as SLEDAI-2K or a titre relative to baseline)
+    log_axis = bool(len(seen) and seen.min() > 0 and seen.max() / seen.min() > 10)
     cols = min(4, len(ids))
     rows = math.ceil(len(ids) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.5 * rows), squeeze=False)
     for ax, sid in zip(axes.ravel(), ids):
         s = d[d["ID"] == sid].sort_values("TIME")
+        subj = subjects[str(sid)]
         cens = s["CENS"].to_numpy() != 0
         t = s["TIME"].to_numpy()
+        grid = np.unique(np.concatenate([np.linspace(t.min(), t.max(), 300), t]))
+        starts = [model.start_time, float(grid[0])] + [x.time for x in subj.doses]
+        typical = pop.individual_parameters(np.zeros(len(pop.etas)), subj.covariates)
+        courses = {"PRED": typical}
+        if str(sid) in individual.index:
+            row = individual.loc[str(sid)]
+            courses["IPRED"] = np.array([float(row[n]) for n in model.parameters])
+        for label, params in courses.items():
+            try:
+                traj = simulate(model, grid, params=params, doses=subj.doses, t0=min(starts))
+            except Exception:  # noqa: BLE001 - a failed course is left out of the figure
+                continue
+            style = {"PRED": ("C1", "--"), "IPRED": ("C0", "-")}[label]
+            ax.plot(grid, traj.observables[:, k], color=style[0], ls=style[1], lw=1,
+                    label=label)  # fmt: skip
         ax.plot(t[~cens], s["DV"].to_numpy()[~cens], "ko", ms=3)
         if cens.any():
             ax.plot(t[cens], s["LIMIT"].to_numpy()[cens], "v", mfc="none", color="C3", ms=5)
-        ax.plot(t, s["IPRED"], "C0-", lw=1, label="IPRED")
-        ax.plot(t, s["PRED"], "C1--", lw=1, label="PRED")
-        for td in dose_times.get(sid, []):
-            ax.axvline(td, color="grey", lw=0.6, ls=":")
+        for dose in subj.doses:
+            ax.axvline(dose.time, color="grey", lw=0.6, ls=":")
+        if log_axis:
+            ax.set_yscale("log")
+            ax.set_ylim(seen.min() / 20, seen.max() * 5)
+        else:
+            ax.margins(y=0.1)  # no point on the frame
         ax.set_title(f"ID {sid}", fontsize=8)
         ax.tick_params(labelsize=7)
     for ax in axes.ravel()[len(ids) :]:
         ax.axis("off")
     axes[0, 0].legend(fontsize=6)
-    fig.supxlabel(f"time ({time_unit}); dotted: doses", fontsize=8)
+    fig.supxlabel(f"time ({time_unit}); dotted: doses; triangles: < LLOQ at the LLOQ",
+                  fontsize=8)  # fmt: skip
     fig.supylabel(f"{obs} ({unit})", fontsize=8)
     fig.suptitle(_title(f"Individual fits: {obs} (first {len(ids)} subjects)", synthetic))
     fig.tight_layout()
@@ -197,6 +252,14 @@ def figure_npde(table: pd.DataFrame, time_unit: str, path, synthetic) -> None:
     plt.close(fig)
 
 
+def figure_correlation(result, path, synthetic) -> None:
+    from pkpd_cart.reporting.plotting import plot_correlation
+
+    names = [r.name for r in result.parameters.itertuples() if not r.fixed]
+    plot_correlation(result.correlation, names, path,
+                     _title("Correlation of the estimates", synthetic))  # fmt: skip
+
+
 def parameter_rows(result) -> pd.DataFrame:
     """The parameter table with each random effect's shrinkage."""
     table = result.parameters.copy()
@@ -217,10 +280,17 @@ def write_population_report(
     n_replicates: int = 200,
     seed: int = 0,
     data_note: str = "",
+    sections: Sequence[tuple[str, str]] = (),
+    tables: Mapping[str, pd.DataFrame] | None = None,
+    figures: Sequence[tuple[str, Callable[[Path], None]]] = (),
 ) -> Path:
     """Write the report folder ``out`` of a population fit ``result`` (from
     :func:`~pkpd_cart.fit_population` or :func:`~pkpd_cart.fit_saem`) on ``data``;
-    ``n_replicates`` simulated replicates of the design for the VPC and NPDE (0: none)."""
+    ``n_replicates`` simulated replicates of the design for the VPC and NPDE (0: none).
+
+    An analysis adds its own parts: ``sections`` (title, Markdown) placed before the
+    figures, ``tables`` (file stem -> DataFrame) written as CSVs, and ``figures``
+    (caption, function writing a PNG to the path it is given)."""
     from pkpd_cart.errors import InputError
     from pkpd_cart.estimation.population_result import PopulationFitResult
     from pkpd_cart.estimation.predictive import npde, simulate_design, vpc
@@ -253,8 +323,6 @@ def write_population_report(
         npde_table["PRED"] = replicates.pred  # the typical prediction (eta = 0)
         timings["NPDE"] = time.perf_counter() - t
     frame = data.frame
-    doses = frame[frame["EVID"].isin([1, 4])] if "EVID" in frame else frame.iloc[0:0]
-    dose_times = {sid: list(g["TIME"]) for sid, g in doses.groupby("ID")}
     covariates = None
     if result.population.covariates:
         names = [c for c in result.population.covariates if c in frame]
@@ -265,16 +333,28 @@ def write_population_report(
         _csv(result.ebes, tmp / "ebes.csv", synthetic)
         _csv(result.individual, tmp / "individual.csv", synthetic)
         _csv(diag, tmp / "diagnostics.csv", synthetic)
+        for stem, frame_ in (tables or {}).items():
+            _csv(frame_, tmp / f"{stem}.csv", synthetic)
+        extra_figures = figures
         figures = []
+        for k, (caption, draw) in enumerate(extra_figures):
+            name = f"analysis_{k + 1}.png"
+            draw(tmp / name)
+            figures.append((caption, name))
         for obs in sorted(set(diag["DVID"])) if len(diag) else []:
             name = f"gof_{obs}.png"
             figure_gof(diag, obs, units.get(obs, ""), time_unit, tmp / name, synthetic)
             figures.append((f"Goodness of fit: {obs} ({units.get(obs, '')})", name))
             name = f"individual_{obs}.png"
-            figure_individual(
-                diag, obs, units.get(obs, ""), time_unit, dose_times, tmp / name, synthetic
-            )
+            figure_individual(result, data, obs, units.get(obs, ""), time_unit, tmp / name,
+                              synthetic)  # fmt: skip
             figures.append((f"Individual fits: {obs}", name))
+        if result.correlation is not None and np.all(np.isfinite(result.correlation)):
+            figure_correlation(result, tmp / "correlation.png", synthetic)
+            figures.append(("Correlation of the estimates", "correlation.png"))
+            free = [r.name for r in table.itertuples() if not r.fixed]
+            corr = pd.DataFrame(result.correlation, index=free, columns=free)
+            _csv(corr.reset_index(names="parameter"), tmp / "correlation.csv", synthetic)
         if result.population.etas and len(result.ebes):
             figure_etas(result, covariates, tmp / "etas.png", synthetic)
             figures.append(("Random effects and covariates", "etas.png"))
@@ -317,7 +397,7 @@ def write_population_report(
         (tmp / "parameters.json").write_text(json.dumps(payload, indent=2) + "\n")
         md = _markdown(
             result, data, title, settings or {}, table, figures, timings, npde_table,
-            synthetic, data_note, seed, n_replicates,
+            synthetic, data_note, seed, n_replicates, sections,
         )  # fmt: skip
         (tmp / "report.md").write_text(md)
         (tmp / "report.html").write_text(_html(md, title))
@@ -326,7 +406,7 @@ def write_population_report(
 
 def _markdown(
     result, data, title, settings, table, figures, timings, npde_table, synthetic,
-    data_note, seed, n_replicates,
+    data_note, seed, n_replicates, sections=(),
 ) -> str:  # fmt: skip
     model = result.population.model
     lines = [f"# {title}", ""]
@@ -342,13 +422,31 @@ def _markdown(
     ]
     if data_note:
         lines.append(f"- Provenance: {data_note}")
-    fixed = [f"{n} = {v:g}" for n, v in model.parameter_values.items()
-             if n not in result.population.individual_expressions]  # fmt: skip
+    pop = result.population
     lines += [
         f"- Estimated: thetas {', '.join(result.theta)}; random effects "
-        f"{', '.join(result.population.etas) or 'none'}; residual errors "
+        f"{', '.join(pop.etas) or 'none'}; residual errors "
         + ", ".join(f"{o}:{n}" for o, n in result.sigma),
-        f"- Fixed at the model's values: {', '.join(fixed) or 'none'}",
+        "",
+        "| model parameter | how it is set | value | unit | source |",
+        "|---|---|---|---|---|",
+    ]
+    for name, par in model.parameters.items():
+        expr = pop.individual_expressions.get(name)
+        if expr is None:
+            how, value = "fixed (model value)", _fmt(par.value)
+        else:
+            etas = [e for e in pop.etas if e in {str(x) for x in expr.free_symbols}]
+            covs = [c for c in pop.covariates if c in {str(x) for x in expr.free_symbols}]
+            how = "estimated" + (f", random effect {', '.join(etas)}" if etas else
+                                 ", no random effect") + (
+                f", covariate {', '.join(covs)}" if covs else "")  # fmt: skip
+            if not {str(x) for x in expr.free_symbols} & set(result.theta):
+                how = "from covariate " + ", ".join(covs) if covs else "expression"
+            value = f"`{expr}`"
+        source = getattr(par, "source", "") or ""
+        lines.append(f"| {name} | {how} | {value} | {par.unit} | {source} |")
+    lines += [
         "",
         "## Method and settings",
         "",
@@ -386,6 +484,23 @@ def _markdown(
     lines.append("")
     for w in result.warnings:
         lines += [f"> **WARNING:** {w}", ""]
+    if pop.priors:
+        from pkpd_cart.estimation.priors import contributions
+
+        theta = np.array(list(result.theta.values()))
+        lines += [
+            "## Priors",
+            "",
+            f"Maximum a posteriori: the objective is the OFV plus -2 log prior "
+            f"({result.prior_ofv:.3f} at the estimates, without normalising constants).",
+            "",
+            "| prior | weight | -2 log prior at the estimates | source |",
+            "|---|---|---|---|",
+        ]
+        for prior, value in contributions(pop, theta, result.omega):
+            weight = f"SD {prior.sd:g}" if hasattr(prior, "sd") else f"df {prior.df:g}"
+            lines.append(f"| {prior.describe()} | {weight} | {value:.3f} | {prior.source} |")
+        lines.append("")
     lines += [
         "## Estimates",
         "",
@@ -417,13 +532,16 @@ def _markdown(
             f"{np.var(v, ddof=1):.3f} (expected 1).",
             "",
         ]
+    for heading, body in sections:
+        lines += [f"## {heading}", "", body.rstrip(), ""]
     lines += ["## Figures", ""]
     for caption, name in figures:
         lines += [f"### {caption}", "", f"![{caption}]({name})", ""]
     lines += [
         "## Files",
         "",
-        "`parameters.csv`/`.json`, `ebes.csv`, `individual.csv`, `diagnostics.csv`"
+        "`parameters.csv`/`.json`, `ebes.csv`, `individual.csv`, `diagnostics.csv`, "
+        "`correlation.csv`"
         + (
             ", `npde.csv`, `vpc_<observable>.csv`, `pcvpc_<observable>.csv`"
             if npde_table is not None

@@ -138,7 +138,11 @@ def figure_individual_fits(
     k = list(model.observables).index(observable)
     subjects = [s for s in problem.subjects if (s.records["DVID"] == observable).any()]
     fig, axes = _grid_axes(len(subjects))
-    positive = (obs.loc[obs["DVID"] == observable, "DV"].dropna() > 0).all()
+    values = pd.concat([obs.loc[obs["DVID"] == observable, "DV"],
+                        obs.loc[obs["DVID"] == observable, "LIMIT"]]).dropna()  # fmt: skip
+    # a log axis only for a positive observable spanning more than a decade: scores and
+    # ratios to baseline (SLEDAI-2K, vaccine titre) stay linear, zeros stay visible
+    positive = bool(len(values) and (values > 0).all() and values.max() / values.min() > 10)
     for ax, subj in zip(axes, subjects):
         rec = obs[(obs["ID"] == subj.id) & (obs["DVID"] == observable)]
         t_end = float(rec["TIME"].max())
@@ -156,6 +160,8 @@ def figure_individual_fits(
             compiled=problem.compiled,
         )
         ax.plot(grid, traj.observables[:, k], color="C0", lw=1.3, label="prediction")
+        for dose in subj.doses:
+            ax.axvline(dose.time, color="0.4", lw=0.7, ls=":")
         seen = rec[rec["CENS"] == 0]
         ax.plot(seen["TIME"], seen["DV"], "o", color="k", ms=3.5, label="observed")
         cens = rec[rec["CENS"] == 1]
@@ -179,67 +185,109 @@ def figure_individual_fits(
             )
             if np.isfinite(low):
                 ax.set_ylim(bottom=low)
+        else:
+            ax.margins(y=0.1)  # no point on the frame
         ax.set_title(f"subject {subj.id}", fontsize=9)
         ax.grid(True, alpha=0.3)
     axes[0].legend(fontsize=6)
     fig.suptitle(f"{observable} ({model.observables[observable].unit}) - {label}", fontsize=10)
-    fig.supxlabel(f"time ({model.time_unit})", fontsize=9)
+    fig.supxlabel(f"time ({model.time_unit}); dotted: doses", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def figure_gof(result, path: Path, predictions: pd.DataFrame | None = None) -> None:
-    """Observed vs predicted, and residuals vs time and vs prediction."""
+def figure_gof(
+    result, path: Path, predictions: pd.DataFrame | None = None, label: str = ""
+) -> None:
+    """One row per observable (with its unit): observed vs predicted (records below the
+    LLOQ at the LLOQ, open triangles; zeros shown), IWRES vs time with a binned-median
+    smoother, and a QQ plot of IWRES."""
+    from scipy import stats
+
+    from pkpd_cart.reporting.population_report import _binned_median
+
     pred = result.predictions() if predictions is None else predictions
-    seen = pred[pred["CENS"] == 0]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
-    for i, (name, g) in enumerate(seen.groupby("DVID")):
-        color = f"C{i}"
-        pos = g[(g["PRED"] > 0) & (g["DV"] > 0)]  # zeros (e.g. a SLEDAI of 0) are not drawn
-        axes[0].loglog(pos["PRED"], pos["DV"], "o", ms=3, color=color, label=name)
-        axes[1].plot(g["TIME"], g["IWRES"], "o", ms=3, color=color)
-        axes[2].plot(g["PRED"], g["IWRES"], "o", ms=3, color=color)
-    axes[2].set_xscale("symlog", linthresh=1.0)
-    lims = axes[0].get_xlim()
-    axes[0].plot(lims, lims, "k--", lw=0.8)
-    axes[0].set(xlabel="predicted", ylabel="observed", title="observed vs predicted (> 0)")
-    for ax in axes[1:]:
-        ax.axhline(0, color="k", lw=0.8)
-        for y in (-1.96, 1.96):
-            ax.axhline(y, color="0.5", lw=0.6, ls=":")
-        ax.set_ylabel("IWRES")
-    axes[1].set(xlabel="time", title="residuals vs time")
-    axes[2].set(xlabel="predicted", title="residuals vs prediction")
-    axes[0].legend(fontsize=7)
-    for ax in axes:
-        ax.grid(True, alpha=0.3)
+    model = result.problem.model
+    names = sorted(set(pred["DVID"]))
+    fig, axes = plt.subplots(len(names), 3, figsize=(12, 3.2 * len(names)), squeeze=False)
+    for row, name in zip(axes, names):
+        g = pred[pred["DVID"] == name]
+        unit = model.observables[name].unit
+        cens = g["CENS"].to_numpy() == 1
+        dv = np.where(cens, g["LIMIT"].to_numpy(dtype=float), g["DV"].to_numpy(dtype=float))
+        p = g["PRED"].to_numpy(dtype=float)
+        row[0].plot(p[~cens], dv[~cens], "o", ms=3, label="observed")
+        if cens.any():
+            row[0].plot(p[cens], dv[cens], "v", mfc="none", color="C3", ms=5,
+                        label="< LLOQ (at LLOQ)")  # fmt: skip
+        both = np.concatenate([p, dv])
+        both = both[np.isfinite(both)]
+        if len(both) and both.min() > 0 and both.max() / both.min() > 10:
+            row[0].set_xscale("log")
+            row[0].set_yscale("log")
+        if len(both):
+            row[0].plot([both.min(), both.max()], [both.min(), both.max()], "k--", lw=0.8)
+        row[0].set(xlabel=f"predicted ({unit})", ylabel=f"observed ({unit})", title=name)
+        row[0].legend(fontsize=7)
+        t, w = g["TIME"].to_numpy(dtype=float), g["IWRES"].to_numpy(dtype=float)
+        row[1].plot(t, w, "o", ms=3)
+        bx, by = _binned_median(t, w, bins=min(8, max(2, int(np.isfinite(w).sum() // 4))))
+        row[1].plot(bx, by, "r-", lw=1.2, label="binned median")
+        row[1].set(xlabel=f"time ({model.time_unit})", ylabel="IWRES")
+        row[1].legend(fontsize=7)
+        ok = np.isfinite(w)
+        if ok.sum() > 2:
+            (osm, osr), _ = stats.probplot(w[ok], dist="norm")
+            row[2].plot(osm, osr, "o", ms=3)
+        row[2].plot([-3, 3], [-3, 3], "k--", lw=0.8)
+        row[2].set(xlabel="N(0,1) quantiles", ylabel="IWRES quantiles", title="QQ plot")
+        for ax in row[1:2]:
+            ax.axhline(0, color="k", lw=0.8)
+            for y in (-1.96, 1.96):
+                ax.axhline(y, color="0.5", lw=0.6, ls=":")
+        for ax in row:
+            ax.grid(True, alpha=0.3)
+    fig.suptitle(f"Goodness of fit{' - ' + label if label else ''}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def figure_profiles(profiles: Mapping, path: Path) -> None:
+def figure_profiles(
+    profiles: Mapping, path: Path, labels: Mapping[str, str] | None = None,
+    estimates: Mapping[str, float] | None = None, title: str = "",
+) -> None:  # fmt: skip
+    """One panel per profile, titled by ``labels`` (parameter, subject and unit), with
+    the estimate (solid) and the 95% profile interval (dashed) marked."""
     fig, axes = _grid_axes(len(profiles), 3.0, 2.3)
     for ax, prof in zip(axes, profiles.values()):
         ax.plot(prof.values, prof.delta_ofv, "o-", ms=3)
         ax.axhline(CHI2_95, color="C3", ls="--", lw=0.8)
+        if estimates and prof.name in estimates:
+            ax.axvline(estimates[prof.name], color="k", lw=0.9)
+        for edge in (prof.ci_low, prof.ci_high):
+            if np.isfinite(edge):
+                ax.axvline(edge, color="C3", lw=0.8, ls="--")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(4))  # natural scale
         ax.tick_params(labelsize=7)
         ax.set_title(
-            prof.name + ("" if prof.identifiable else "  (NOT identifiable)"),
+            (labels or {}).get(prof.name, prof.name)
+            + ("" if prof.identifiable else "  (NOT identifiable)"),
             fontsize=8,
             color="k" if prof.identifiable else "C3",
         )
         ax.set_ylim(bottom=-0.2, top=max(6.0, min(float(np.max(prof.delta_ofv)), 15.0)))
         ax.grid(True, alpha=0.3)
     fig.supylabel("OFV - min OFV", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def figure_waterfall(result, path: Path) -> None:
+def figure_waterfall(result, path: Path, label: str = "") -> None:
     starts = result.starts
     fig, ax = plt.subplots(figsize=(6, 3.2))
     best = starts["ofv"].min()
@@ -247,7 +295,7 @@ def figure_waterfall(result, path: Path) -> None:
     ax.set(
         xlabel="start (sorted)",
         ylabel="OFV - best OFV",
-        title=f"multi-start waterfall ({len(starts)} starts)",
+        title=f"multi-start waterfall ({len(starts)} starts){' - ' + label if label else ''}",
     )
     ax.set_yscale("symlog", linthresh=1.0)
     ax.grid(True, alpha=0.3)
@@ -256,7 +304,7 @@ def figure_waterfall(result, path: Path) -> None:
     plt.close(fig)
 
 
-def figure_derived(table: pd.DataFrame, path: Path) -> None:
+def figure_derived(table: pd.DataFrame, path: Path, label: str = "") -> None:
     quantities = list(dict.fromkeys(table["quantity"]))
     fig, axes = _grid_axes(len(quantities), 3.2, 2.4)
     for ax, q in zip(axes, quantities):
@@ -273,6 +321,8 @@ def figure_derived(table: pd.DataFrame, path: Path) -> None:
         ax.set_title(q, fontsize=8)
         ax.grid(True, alpha=0.3)
     fig.supxlabel("subject", fontsize=9)
+    if label:
+        fig.suptitle(f"Derived quantities - {label}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -294,15 +344,33 @@ def write_fit_report(
     derived: Derived | None = None,
     data_note: str = "",
     seed: int | None = None,
+    definitions: Mapping[str, str] | None = None,
+    timings: Mapping[str, float] | None = None,
 ) -> Path:
-    """Write the report folder ``out`` (replacing it only when everything succeeded)."""
+    """Write the report folder ``out`` (replacing it only when everything succeeded).
+
+    ``definitions``: what each derived quantity means (shown beside it); ``timings``:
+    seconds of each stage of the analysis (the fit's own time is always shown)."""
+    import time
+
     out = Path(out)
     model, data = result.model, result.dataset
     synthetic = data.synthetic
     table = parameter_table(result, profiles)
+    started = time.perf_counter()
     derived_table = derived_per_subject(result, derived, seed=seed or 0) if derived else None
+    stages = {"fit": result.seconds, **dict(timings or {})}
+    if derived_table is not None:
+        stages["derived quantities (100 draws)"] = time.perf_counter() - started
+
+    def csv(frame: pd.DataFrame, name: str, index: bool = False) -> None:
+        frame = frame.copy()
+        if synthetic:  # every file of a synthetic-data fit says so
+            frame.insert(0, "data", "SYNTHETIC")
+        frame.to_csv(tmp / name, index=index)
+
     with atomic_directory(out) as tmp:
-        table.to_csv(tmp / "parameters.csv", index=False)
+        csv(table, "parameters.csv")
         payload = {
             "model": model.name,
             "model_hash": model.hash,
@@ -322,34 +390,57 @@ def write_fit_report(
         }
         (tmp / "parameters.json").write_text(json.dumps(payload, indent=2) + "\n")
         predictions = result.predictions()  # one simulation per subject, used below
-        predictions.to_csv(tmp / "predictions.csv", index=False)
-        if result.correlation is not None:
-            result.correlation.to_csv(tmp / "correlation.csv")
+        csv(predictions, "predictions.csv")
         figures = []
         label = "SYNTHETIC data" if synthetic else "data"
+        names = {
+            s.name: f"{s.quantity}" + (f" [{s.subject}]" if s.subject else "")
+            + (f" ({s.unit})" if s.unit and s.unit != "1" else "")
+            for s in result.problem.specs
+        }  # fmt: skip
+        if result.correlation is not None:
+            csv(result.correlation.rename(index=names, columns=names), "correlation.csv",
+                index=True)  # fmt: skip
+            from pkpd_cart.reporting.plotting import plot_correlation
+
+            plot_correlation(result.correlation.to_numpy(dtype=float),
+                             [names.get(n, n) for n in result.correlation.columns],
+                             tmp / "correlation.png",
+                             f"Correlation of the estimates - {label}")  # fmt: skip
+            figures.append(("Correlation of the estimates", "correlation.png"))
         for obs in sorted(set(predictions["DVID"])):
             name = f"fit_{obs}.png"
             figure_individual_fits(result, obs, tmp / name, label, predictions)
             figures.append((f"Individual fits: {obs}", name))
-        figure_gof(result, tmp / "goodness_of_fit.png", predictions)
+        figure_gof(result, tmp / "goodness_of_fit.png", predictions, label)
         figures.append(("Goodness of fit", "goodness_of_fit.png"))
         if profiles:
-            figure_profiles(profiles, tmp / "profiles.png")
+            estimates = {
+                s.name: float(v)
+                for s, v in zip(result.problem.specs, table["estimate"])
+                if s.name in profiles
+            }
+            figure_profiles(profiles, tmp / "profiles.png", names, estimates,
+                            f"Likelihood profiles (natural scale) - {label}")  # fmt: skip
             figures.append(("Likelihood profiles", "profiles.png"))
         if len(result.starts) > 1:
-            figure_waterfall(result, tmp / "waterfall.png")
+            figure_waterfall(result, tmp / "waterfall.png", label)
             figures.append(("Multi-start waterfall", "waterfall.png"))
         if derived_table is not None:
-            derived_table.to_csv(tmp / "derived.csv", index=False)
-            figure_derived(derived_table, tmp / "derived.png")
+            csv(derived_table, "derived.csv")
+            figure_derived(derived_table, tmp / "derived.png", label)
             figures.append(("Derived quantities per subject", "derived.png"))
-        md = _markdown(result, title, settings, table, derived_table, figures, data_note, seed)
+        md = _markdown(result, title, settings, table, derived_table, figures, data_note, seed,
+                       definitions or {}, stages)  # fmt: skip
         (tmp / "report.md").write_text(md)
         (tmp / "report.html").write_text(_html(md, title))
     return out
 
 
-def _markdown(result, title, settings, table, derived_table, figures, data_note, seed) -> str:
+def _markdown(
+    result, title, settings, table, derived_table, figures, data_note, seed,
+    definitions=None, stages=None,
+) -> str:  # fmt: skip
     model, data = result.model, result.dataset
     lines = [f"# {title}", ""]
     if data.synthetic:
@@ -373,17 +464,27 @@ def _markdown(result, title, settings, table, derived_table, figures, data_note,
     lines += [f"- {k}: {v}" for k, v in settings.items()]
     lines += [
         f"- Seed: {seed}" if seed is not None else "- Seed: none",
-        f"- Run time: {result.seconds:.1f} s for the fit; {result.n_simulations} "
-        f"simulations; failed simulations (penalised): {result.n_failures}",
+        "- Run time: "
+        + "; ".join(f"{k} {v:.1f} s" for k, v in (stages or {}).items())
+        + f"; {result.n_simulations} simulations; failed simulations (penalised): "
+        f"{result.n_failures}",
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()),
         "",
     ]
     lines += [
         "## Objective",
         "",
-        f"OFV (-2 log-likelihood) {result.ofv:.3f}; AIC {result.aic:.3f}; "
-        f"BIC {result.bic:.3f}; condition number of the correlation matrix "
+        f"OFV (-2 log-likelihood, with constants) {result.ofv:.3f}; AIC {result.aic:.3f}; "
+        f"BIC {result.bic:.3f} ({len(table)} estimated parameters; BIC's n = "
+        f"{result.n_records} records); condition number of the correlation matrix "
         f"{_fmt(result.condition_number, 3)}.",
+        "",
+        "Initial values: "
+        + ", ".join(
+            f"{s.quantity}" + (f"[{s.subject}]" if s.subject else "") + f" = {s.initial:.4g}"
+            for s in result.problem.specs
+        )
+        + ".",
         "",
     ]
     for w in result.warnings:
@@ -426,8 +527,9 @@ def _markdown(result, title, settings, table, derived_table, figures, data_note,
             "",
         ]
     if derived_table is not None:
+        lines += ["## Derived quantities per subject", ""]
+        lines += [f"- **{k}**: {v}" for k, v in (definitions or {}).items()]
         lines += [
-            "## Derived quantities per subject",
             "",
             "| subject | quantity | estimate | 95% interval |",
             "|---|---|---|---|",
