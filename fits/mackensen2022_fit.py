@@ -183,6 +183,8 @@ def population_model(data, start=None, priors: bool = True) -> PopulationModel:
         pop.log_normal(name, initial[name])
     if "SLEDAI_BL" in data.frame:
         pop.individual("SLEDAI0", pop.covariate("SLEDAI_BL"))
+    else:  # no published baselines given: estimated, with between-patient variability
+        pop.log_normal("SLEDAI0", model.parameters["SLEDAI0"].value, omega=0.1)
     used = set(data.observations()["DVID"])
     for obs, em in ERRORS.items():
         if obs in used:

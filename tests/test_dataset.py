@@ -210,7 +210,10 @@ def test_template_for_figure_values_is_a_valid_dataset(sle):
     from pathlib import Path
 
     path = Path(__file__).resolve().parents[1] / "fits" / "data"
-    data = pk.read_dataset(path / "mackensen2022_timecourse_TEMPLATE.csv", model=sle)
+    data = pk.read_dataset(
+        path / "mackensen2022_timecourse_TEMPLATE.csv", model=sle, covariates=["SLEDAI_BL"]
+    )
     assert not data.synthetic
     assert data.observations().empty  # the example rows are MDV=1 until filled in
-    assert len(data.observations(include_ignored=True)) == 4
+    assert len(data.observations(include_ignored=True)) == 5
+    assert (data.frame["SLEDAI_BL"] == 16).all()  # patient 1's published baseline
