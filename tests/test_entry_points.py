@@ -52,7 +52,7 @@ def test_a_value_outside_the_plausible_bounds_warns_and_names_them(sle):
 
 
 def test_an_error_model_for_an_unknown_observable_is_refused(sle):
-    data = pk.read_dataset(DATA, model=sle)
+    data = pk.read_dataset(DATA, model=sle, covariates=["SLEDAI_BL"])
     models = {
         o: pk.ErrorModel.lognormal(0.3) for o in ["CAR_T", "B_cells", "anti_dsDNA", "vaccine_titre"]
     }
@@ -63,7 +63,7 @@ def test_an_error_model_for_an_unknown_observable_is_refused(sle):
 
 
 def test_one_name_as_a_string_is_that_name(sle):
-    data = pk.read_dataset(DATA, model=sle)
+    data = pk.read_dataset(DATA, model=sle, covariates=["SLEDAI_BL"])
     models = {
         o: pk.ErrorModel.lognormal(0.3) for o in ["CAR_T", "B_cells", "anti_dsDNA", "vaccine_titre"]
     }
@@ -193,7 +193,7 @@ def test_a_semicolon_separated_file_is_named_as_such(tmp_path):
 
 
 def test_an_initial_value_for_something_not_estimated_is_refused(sle):
-    data = pk.read_dataset(DATA, model=sle)
+    data = pk.read_dataset(DATA, model=sle, covariates=["SLEDAI_BL"])
     models = {
         o: pk.ErrorModel.lognormal(0.3) for o in ["CAR_T", "B_cells", "anti_dsDNA", "vaccine_titre"]
     }
