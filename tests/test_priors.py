@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy.optimize import minimize
-from test_saem import level_model
+from test_saem import expected_information, level_model
 
 import pkpd_cart as pk
 from pkpd_cart.errors import FitError, ModelDefinitionError
@@ -104,16 +104,8 @@ def test_linearised_covariance_of_a_map_fit_is_exact_for_a_linear_model():
     pop.prior_theta("tv_P", mean=4.5, sd=0.2, scale="linear", source="test")
     pop.prior_omega(["eta_P"], [0.25], df=5, source="test")
     fit = pk.fit_population(pop, data, method="FOCEI", covariance="lin")
-    omega, sd = fit.omega[0, 0], fit.sigma[("y", "add")]
-    info = np.zeros((3, 3))
-    for y in subjects:
-        n = len(y)
-        Ci = np.linalg.inv(omega * np.ones((n, n)) + sd**2 * np.eye(n))
-        dm = [np.ones(n), np.zeros(n), np.zeros(n)]
-        dV = [np.zeros((n, n)), np.ones((n, n)), 2 * sd * np.eye(n)]
-        for a in range(3):
-            for b in range(3):
-                info[a, b] += dm[a] @ Ci @ dm[b] + 0.5 * np.trace(Ci @ dV[a] @ Ci @ dV[b])
+    theta, omega, sd = fit.theta["tv_P"], fit.omega[0, 0], fit.sigma[("y", "add")]
+    info = expected_information(subjects, theta, omega, sd)
     info[0, 0] += 1 / 0.2**2  # half the second derivative of ((theta - 4.5) / 0.2)^2
     info[1, 1] += 0.5 * (-(5 + 2) / omega**2 + 2 * 5 * 0.25 / omega**3)
     expected = np.sqrt(np.diag(np.linalg.inv(info)))

@@ -34,7 +34,13 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from pkpd_cart.reporting.output import atomic_directory  # noqa: E402
-from pkpd_cart.reporting.report import _fmt, _html, versions  # noqa: E402
+from pkpd_cart.reporting.report import (  # noqa: E402
+    _fmt,
+    _html,
+    figures_markdown,
+    residual_guides,
+    versions,
+)
 
 SYNTHETIC_NOTE = (
     "> **SYNTHETIC DATA.** This fit uses simulated data, not patient measurements; its "
@@ -114,9 +120,7 @@ def figure_gof(diag: pd.DataFrame, obs: str, unit: str, time_unit: str, path, sy
         ax.plot(x, y, "o", ms=3, alpha=0.6)
         bx, by = _binned_median(x, y)
         ax.plot(bx, by, "r-", lw=1.2, label="binned median")
-        ax.axhline(0, color="k", lw=0.8)
-        for level in (-1.96, 1.96):
-            ax.axhline(level, color="grey", ls=":", lw=0.8)
+        residual_guides(ax)
         ax.set_xlabel(label)
         ax.set_ylabel("CWRES")
         ax.legend(fontsize=7)
@@ -240,9 +244,7 @@ def figure_npde(table: pd.DataFrame, time_unit: str, path, synthetic) -> None:
     ):
         for k, (obs, grp) in enumerate(table.groupby("DVID")):
             ax.plot(grp[col], grp["NPDE"], "o", ms=3, color=f"C{k}", label=str(obs))
-        ax.axhline(0, color="k", lw=0.8)
-        for level in (-1.96, 1.96):
-            ax.axhline(level, color="grey", ls=":", lw=0.8)
+        residual_guides(ax)
         ax.set_xlabel(label)
         ax.set_ylabel("NPDE")
         ax.legend(fontsize=7)
@@ -534,9 +536,7 @@ def _markdown(
         ]
     for heading, body in sections:
         lines += [f"## {heading}", "", body.rstrip(), ""]
-    lines += ["## Figures", ""]
-    for caption, name in figures:
-        lines += [f"### {caption}", "", f"![{caption}]({name})", ""]
+    lines += figures_markdown(figures)
     lines += [
         "## Files",
         "",

@@ -242,10 +242,7 @@ def figure_gof(
             row[2].plot(osm, osr, "o", ms=3)
         row[2].plot([-3, 3], [-3, 3], "k--", lw=0.8)
         row[2].set(xlabel="N(0,1) quantiles", ylabel="IWRES quantiles", title="QQ plot")
-        for ax in row[1:2]:
-            ax.axhline(0, color="k", lw=0.8)
-            for y in (-1.96, 1.96):
-                ax.axhline(y, color="0.5", lw=0.6, ls=":")
+        residual_guides(row[1])
         for ax in row:
             ax.grid(True, alpha=0.3)
     fig.suptitle(f"Goodness of fit{' - ' + label if label else ''}", fontsize=10)
@@ -545,9 +542,7 @@ def _markdown(
             "normal on the estimation scale).",
             "",
         ]
-    lines += ["## Figures", ""]
-    for caption, name in figures:
-        lines += [f"### {caption}", "", f"![{caption}]({name})", ""]
+    lines += figures_markdown(figures)
     lines += [
         "## Files",
         "",
@@ -558,6 +553,21 @@ def _markdown(
         "",
     ]
     return "\n".join(lines)
+
+
+def figures_markdown(figures) -> list[str]:
+    """The Figures section: one captioned image per ``(caption, file name)``."""
+    lines = ["## Figures", ""]
+    for caption, name in figures:
+        lines += [f"### {caption}", "", f"![{caption}]({name})", ""]
+    return lines
+
+
+def residual_guides(ax) -> None:
+    """Zero and +/-1.96 lines on a panel of standardised residuals."""
+    ax.axhline(0, color="k", lw=0.8)
+    for level in (-1.96, 1.96):
+        ax.axhline(level, color="grey", ls=":", lw=0.8)
 
 
 def _html(markdown_text: str, title: str) -> str:
