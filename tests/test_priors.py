@@ -111,3 +111,16 @@ def test_linearised_covariance_of_a_map_fit_is_exact_for_a_linear_model():
     expected = np.sqrt(np.diag(np.linalg.inv(info)))
     assert fit.parameters["se"].to_numpy() == pytest.approx(expected, rel=1e-4)
     assert fit.covariance_method == "linearised Fisher information (lin), priors included"
+
+
+def test_lin_covariance_of_a_model_that_is_not_mu_referenced_keeps_the_fit():
+    """P = tv (1 + eta) has no mu-referenced form: no SEs and a warning, estimates kept."""
+    _, data = small_cohort()
+    pop = PopulationModel(level_model())
+    tv = pop.theta("tv_P", 4.0, lower=0.1, upper=100)
+    pop.individual("P", tv * (1 + pop.eta("eta_P", 0.02)))
+    pop.error("y", pk.ErrorModel.additive(0.5))
+    with pytest.warns(pk.PkpdCartWarning, match="no standard errors: .*not mu-referenced"):
+        fit = pk.fit_population(pop, data, method="FOCEI", covariance="lin")
+    assert fit.covariance is None and np.isnan(fit.parameters["se"]).all()
+    assert 4.0 < fit.theta["tv_P"] < 6.0

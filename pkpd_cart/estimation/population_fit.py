@@ -198,9 +198,12 @@ def fit_population(
             from pkpd_cart.estimation.saem_information import linearised_covariance
 
             fitted = population.with_values(*_parts(layout, x_hat))
-            cov, _, reason = linearised_covariance(
-                fitted, data, objective.etas, Layout(fitted), objective.prior
-            )
+            try:  # e.g. a model that is not mu-referenced: no SEs, the fit is kept
+                cov, _, reason = linearised_covariance(
+                    fitted, data, objective.etas, Layout(fitted), objective.prior
+                )
+            except FitError as exc:
+                cov, reason = None, str(exc)
             cov_used = "linearised Fisher information (lin)" + (
                 ", priors included" if population.priors else ""
             )

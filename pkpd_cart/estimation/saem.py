@@ -602,8 +602,12 @@ class _Saem:
         ebe = np.array([r.eta for r in results]).reshape(N, len(keep))
         phi_hat = mu.copy()
         phi_hat[:, keep] += ebe
-        info, minus2ll_lin = linearised_information(self, objective.layout, phi_hat)
         fit_warnings = []
+        try:  # a failure here costs the SEs and the linearised -2LL, never the fit
+            info, minus2ll_lin = linearised_information(self, objective.layout, phi_hat)
+        except FitError as exc:
+            info, minus2ll_lin = None, math.nan
+            fit_warnings.append(f"no linearised information: {exc}")
         cov = None
         labels = {
             "lin": "linearised Fisher information (lin)",
@@ -613,9 +617,10 @@ class _Saem:
         if covariance is not None:
             if covariance in ("sa", "S"):
                 info = self.louis.information(covariance)
-            cov, reason = covariance_from(info)
-            if reason:
-                fit_warnings.append(f"no standard errors: {reason}")
+            if info is not None:
+                cov, reason = covariance_from(info)
+                if reason:
+                    fit_warnings.append(f"no standard errors: {reason}")
         timings["covariance"] = time.perf_counter() - t
         base = assemble(
             objective, x, total, results, cov, None, None,
