@@ -443,7 +443,7 @@ def run_population(data, out: Path, workers: int, replicates: int, seed: int, ru
         tables["truth_recovery"] = recovery
     if loo is not None:
         tables["leave_one_patient_out"] = loo
-    result.timings = {**result.timings, **timings}
+    result.timings = timings  # every stage, the population fit's two included
     settings = {
         "method": "FOCE-I, maximum a posteriori (NONMEM $PRIOR NWPRI)",
         "random effects": ", ".join(WITH_RANDOM_EFFECT) + " (log-normal)",

@@ -96,6 +96,8 @@ def test_a_failing_report_leaves_the_old_one_untouched(case, tmp_path, monkeypat
         write_population_report(fit, data, out, "t", n_replicates=1)
     with pytest.raises(InputError, match="needs a population fit result, not str"):
         write_population_report("fit", data, out, "t")
+    with pytest.raises(InputError, match="needs the fitted Dataset, not DataFrame"):
+        write_population_report(fit, data.frame, out, "t")
 
 
 def test_cli_population_fit_writes_its_report(case, tmp_path, capsys):

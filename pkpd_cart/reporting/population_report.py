@@ -301,6 +301,12 @@ def write_population_report(
         raise InputError(
             f"write_population_report needs a population fit result, not {type(result).__name__}"
         )
+    from pkpd_cart.data.dataset import Dataset
+
+    if not isinstance(data, Dataset):
+        raise InputError(
+            f"write_population_report needs the fitted Dataset, not {type(data).__name__}"
+        )
     if not isinstance(n_replicates, int) or n_replicates == 1 or n_replicates < 0:
         raise InputError(f"n_replicates must be 0 or an integer >= 2, not {n_replicates!r}")
     out = Path(out)
