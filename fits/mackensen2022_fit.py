@@ -74,7 +74,7 @@ ERRORS = {
     "CAR_T_pct_CD3": ErrorModel.lognormal(0.3),
 }
 SLEDAI_NOTE = (
-    "SLEDAI-2K: the baseline is each patient's published score (covariate SLEDAI_BL, its "
+    "The baseline SLEDAI-2K is each patient's published score (covariate SLEDAI_BL, its "
     "row MDV=1, not fitted); later integer scores have additive normal error, and a score "
     "of 0 is censored below 0.5 (M3: the probability of a score that rounds to 0), as the "
     "virtual cohort was made (rounding adds 1/12 to the error variance)."
