@@ -1,4 +1,5 @@
-"""Standard errors and the linearised likelihood of a SAEM fit.
+"""Standard errors and the linearised likelihood of a SAEM fit (and, through
+:func:`linearised_covariance`, the ``covariance="lin"`` of FOCE-family fits).
 
 The Fisher information of the population parameters (the free entries of
 :class:`~pkpd_cart.estimation.outer.Layout`: thetas on their natural scale, Omega
