@@ -61,6 +61,20 @@ def write_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+# The last line of every generated module: a file without it was cut short.
+TRAILER = "\n# end of the generated module\n"
+
+
+def is_complete(path: Path, header: str) -> bool:
+    """Whether the file at ``path`` begins with ``header`` and ends with :data:`TRAILER`
+    (not cut short, not edited at its ends, not made for another model or version)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+    return text.startswith(header) and text.endswith(TRAILER)
+
+
 def load_module(path: Path, key: str) -> ModuleType:
     """Import the generated module at ``path`` once per process."""
     if key in _LOADED:
@@ -70,7 +84,11 @@ def load_module(path: Path, key: str) -> ModuleType:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # numba's on-disk cache needs the module importable by name
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
     _LOADED[key] = module
     return module
 
