@@ -404,8 +404,6 @@ def run_population(data, out: Path, workers: int, replicates: int, seed: int, ru
     fe = fixed_effects_fit(data)
     timings["fixed-effects fit"] = time.perf_counter() - t
     pop = population_model(data, start=fe)
-    start_values = pop
-    t = time.perf_counter()
     executor = workers if workers > 1 else None
     result = pk.fit_population(pop, data, method="FOCEI", covariance="lin", executor=executor,
                                ofv_tolerance=OFV_TOLERANCE)  # fmt: skip
@@ -430,9 +428,9 @@ def run_population(data, out: Path, workers: int, replicates: int, seed: int, ru
         loo = lopo(data, workers)
         timings["leave-one-patient-out"] = time.perf_counter() - t
 
-    sections = [("Why this model", _why(result, data))]
+    sections = [("Why this model", _why(result))]
     sections.append(("Priors: sources and weights", prior_table(pop)))
-    sections.append(("Initial estimates", _initial(start_values)))
+    sections.append(("Initial estimates", _initial(pop)))
     sections.append(("Comparison with the fixed-effects fit", _comparison(result, fe, flat, loo)))
     sections.append(("Individual parameters", _individual_text(individual)))
     if recovery is not None:
@@ -469,7 +467,7 @@ def run_population(data, out: Path, workers: int, replicates: int, seed: int, ru
     return out, result
 
 
-def _why(result, data) -> str:
+def _why(result) -> str:
     return (
         "Between-patient variability is on the parameters that differ between patients: "
         "the CAR-T expansion rate and duration (the calibrated population has variability on "

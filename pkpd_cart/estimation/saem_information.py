@@ -34,6 +34,7 @@ import numpy as np
 from pkpd_cart.errors import FitError
 from pkpd_cart.estimation.conditional import LOG_2PI
 from pkpd_cart.estimation.outer import Layout
+from pkpd_cart.estimation.records import residual_variance
 from pkpd_cart.simulation.solver import BatchRun, SolverOptions
 
 SE_METHODS = ("lin", "sa", "S")
@@ -156,10 +157,8 @@ class LouisAccumulator:
         """Louis' observed information (``"sa"``) or the scores' outer products (``"S"``)."""
         if not self.count:
             raise FitError("SAEM standard errors: no smoothing iteration was run")
-        per_subject = self.saem.chains
-        iterations = self.count / per_subject
-        mean_d = self.sum_d / (iterations * per_subject)
-        mean_m = self.sum_m / (iterations * per_subject)
+        mean_d = self.sum_d / self.count  # count: samples per subject (iterations x chains)
+        mean_m = self.sum_m / self.count
         S = np.einsum("np,nr->pr", mean_d, mean_d)
         if method == "S":
             return S
@@ -200,14 +199,15 @@ def linearised_information(saem, layout: Layout, phi_hat: np.ndarray) -> tuple[n
         J[:, j] = (predict(phi_hat + shift)[0] - predict(phi_hat - shift)[0]) / (2 * LIN_STEP)
 
     free = _Free(layout)
-    R = _variance(s, F0, O0, obs, s.sigma)
+    R = residual_variance(s.pop, F0, O0, obs, s.sigma)
     dR = {}
     for _, key in free.sigma:
         h = SIGMA_STEP * s.sigma[key]
         plus, minus = dict(s.sigma), dict(s.sigma)
         plus[key] += h
         minus[key] -= h
-        dR[key] = (_variance(s, F0, O0, obs, plus) - _variance(s, F0, O0, obs, minus)) / (2 * h)
+        up = residual_variance(s.pop, F0, O0, obs, plus)
+        dR[key] = (up - residual_variance(s.pop, F0, O0, obs, minus)) / (2 * h)
     omega = s.omega.copy()
     for j in s.annealed:  # a theta without random effect: exactly none
         omega[j, :] = omega[:, j] = 0.0
@@ -239,12 +239,6 @@ def linearised_information(saem, layout: Layout, phi_hat: np.ndarray) -> tuple[n
         A = np.einsum("ij,pjk->pik", Vinv, dV)  # V^-1 dV_p
         info += dm @ Vinv @ dm.T + 0.5 * np.einsum("pij,rji->pr", A, A)
     return info, minus2ll
-
-
-def _variance(s, F, O, obs, sigma) -> np.ndarray:
-    from pkpd_cart.estimation.records import residual_variance
-
-    return residual_variance(s.pop, F, O, obs, sigma)
 
 
 def covariance_from(information: np.ndarray) -> tuple[np.ndarray | None, str | None]:

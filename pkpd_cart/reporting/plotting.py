@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg", force=False)
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from pkpd_cart.model.modelling import Model  # noqa: E402
@@ -107,3 +108,24 @@ def plot_correlation(matrix, names, path=None, title: str = "Correlation of the 
         fig.savefig(path, dpi=100)
         plt.close(fig)
     return fig
+
+
+def binned_median(x: np.ndarray, y: np.ndarray, bins: int = 8):
+    """Medians of y in bins of x with equal counts (the trend line of residual plots)."""
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if len(x) < 2 * bins:
+        return np.array([]), np.array([])
+    order = np.argsort(x)
+    groups = np.array_split(order, bins)
+    return (
+        np.array([np.median(x[g]) for g in groups]),
+        np.array([np.median(y[g]) for g in groups]),
+    )
+
+
+def residual_guides(ax) -> None:
+    """Zero and +/-1.96 lines on a panel of standardised residuals."""
+    ax.axhline(0, color="k", lw=0.8)
+    for level in (-1.96, 1.96):
+        ax.axhline(level, color="grey", ls=":", lw=0.8)

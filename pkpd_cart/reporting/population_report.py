@@ -34,13 +34,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from pkpd_cart.reporting.output import atomic_directory  # noqa: E402
-from pkpd_cart.reporting.report import (  # noqa: E402
-    _fmt,
-    _html,
-    figures_markdown,
-    residual_guides,
-    versions,
-)
+from pkpd_cart.reporting.plotting import binned_median, residual_guides  # noqa: E402
+from pkpd_cart.reporting.report import _fmt, _html, figures_markdown, versions  # noqa: E402
 
 SYNTHETIC_NOTE = (
     "> **SYNTHETIC DATA.** This fit uses simulated data, not patient measurements; its "
@@ -57,20 +52,6 @@ def _csv(frame: pd.DataFrame, path: Path, synthetic: bool, index: bool = False) 
 
 def _title(text: str, synthetic: bool) -> str:
     return text + (" - SYNTHETIC data" if synthetic else "")
-
-
-def _binned_median(x: np.ndarray, y: np.ndarray, bins: int = 8):
-    """Medians of y in bins of x with equal counts (the trend line of the residual plots)."""
-    ok = np.isfinite(x) & np.isfinite(y)
-    x, y = x[ok], y[ok]
-    if len(x) < 2 * bins:
-        return np.array([]), np.array([])
-    order = np.argsort(x)
-    groups = np.array_split(order, bins)
-    return (
-        np.array([np.median(x[g]) for g in groups]),
-        np.array([np.median(y[g]) for g in groups]),
-    )
 
 
 def figure_gof(diag: pd.DataFrame, obs: str, unit: str, time_unit: str, path, synthetic):
@@ -93,7 +74,7 @@ def figure_gof(diag: pd.DataFrame, obs: str, unit: str, time_unit: str, path, sy
     ax = axes[1, 2]
     iwres = d["IWRES"].to_numpy(dtype=float)
     ax.plot(d["IPRED"], iwres, "o", ms=3, alpha=0.6)
-    bx, by = _binned_median(d["IPRED"].to_numpy(dtype=float), iwres)
+    bx, by = binned_median(d["IPRED"].to_numpy(dtype=float), iwres)
     ax.plot(bx, by, "r-", lw=1.2, label="binned median")
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xlabel(f"IPRED ({unit})")
@@ -118,7 +99,7 @@ def figure_gof(diag: pd.DataFrame, obs: str, unit: str, time_unit: str, path, sy
     ):
         x, y = d[col].to_numpy(), d["CWRES"].to_numpy()
         ax.plot(x, y, "o", ms=3, alpha=0.6)
-        bx, by = _binned_median(x, y)
+        bx, by = binned_median(x, y)
         ax.plot(bx, by, "r-", lw=1.2, label="binned median")
         residual_guides(ax)
         ax.set_xlabel(label)

@@ -205,7 +205,7 @@ def figure_gof(
     smoother, and a QQ plot of IWRES."""
     from scipy import stats
 
-    from pkpd_cart.reporting.population_report import _binned_median
+    from pkpd_cart.reporting.plotting import binned_median, residual_guides
 
     pred = result.predictions() if predictions is None else predictions
     model = result.problem.model
@@ -232,7 +232,7 @@ def figure_gof(
         row[0].legend(fontsize=7)
         t, w = g["TIME"].to_numpy(dtype=float), g["IWRES"].to_numpy(dtype=float)
         row[1].plot(t, w, "o", ms=3)
-        bx, by = _binned_median(t, w, bins=min(8, max(2, int(np.isfinite(w).sum() // 4))))
+        bx, by = binned_median(t, w, bins=min(8, max(2, int(np.isfinite(w).sum() // 4))))
         row[1].plot(bx, by, "r-", lw=1.2, label="binned median")
         row[1].set(xlabel=f"time ({model.time_unit})", ylabel="IWRES")
         row[1].legend(fontsize=7)
@@ -561,13 +561,6 @@ def figures_markdown(figures) -> list[str]:
     for caption, name in figures:
         lines += [f"### {caption}", "", f"![{caption}]({name})", ""]
     return lines
-
-
-def residual_guides(ax) -> None:
-    """Zero and +/-1.96 lines on a panel of standardised residuals."""
-    ax.axhline(0, color="k", lw=0.8)
-    for level in (-1.96, 1.96):
-        ax.axhline(level, color="grey", ls=":", lw=0.8)
 
 
 def _html(markdown_text: str, title: str) -> str:

@@ -112,7 +112,6 @@ class LinearBatch:
             self.h[s, 1 : len(grid)] = np.diff(grid)
             self.bolus[s, : len(grid)] = bolus[s]
             self.rate[s, : len(grid)] = rate[s]
-        self.start = np.array([g[0] for g in stops])
         self.L = L
 
     def _matrices(self, P: np.ndarray):
