@@ -4,7 +4,7 @@ import numpy as np
 
 import pkpd_cart as pk
 
-BACKENDS = ["python", "numba"]
+BACKENDS = ["python", "numba", "llvm"]
 
 
 def one_compartment(name: str = "onecmt") -> pk.Model:

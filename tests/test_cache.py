@@ -30,7 +30,7 @@ def fresh_cache(tmp_path, monkeypatch):
 
 
 def rhs_at_start(compiled) -> float:
-    return float(compiled.module.rhs(np.array([2.0]), 0.0, np.array([0.5]), np.zeros(0))[0])
+    return float(compiled.rhs(np.array([2.0]), 0.0, np.array([0.5]), np.zeros(0))[0])
 
 
 def test_keys_follow_the_model_the_backend_and_the_generator(fresh_cache, monkeypatch):

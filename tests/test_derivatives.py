@@ -142,23 +142,29 @@ def test_backends_agree(name):
         simulate(model, times, doses=doses, backend=b, sensitivities=True, options=opts)
         for b in BACKENDS
     ]
-    a, b = runs
-    np.testing.assert_allclose(
-        a.states, b.states, rtol=1e-10, atol=1e-10 * np.max(np.abs(b.states))
-    )
-    np.testing.assert_allclose(
-        a.observable_sensitivities,
-        b.observable_sensitivities,
-        rtol=1e-10,
-        atol=1e-10 * np.max(np.abs(b.observable_sensitivities)),
-    )
-    c_py, c_nb = model.compile("python"), model.compile("numba")
-    x, sw, p = a.states[-1], a.switch_flags[-1], a.parameters
+    reference = runs[0]
+    for other in runs[1:]:
+        np.testing.assert_allclose(
+            other.states,
+            reference.states,
+            rtol=1e-10,
+            atol=1e-10 * np.max(np.abs(reference.states)),
+        )
+        np.testing.assert_allclose(
+            other.observable_sensitivities,
+            reference.observable_sensitivities,
+            rtol=1e-10,
+            atol=1e-10 * np.max(np.abs(reference.observable_sensitivities)),
+        )
+    compiled = [model.compile(b) for b in BACKENDS]
+    assert [c.backend for c in compiled] == BACKENDS
+    x, sw, p = reference.states[-1], reference.switch_flags[-1], reference.parameters
     for fn in ("rhs", "jac", "dfdp", "observables_dx", "observables_dp", "initial_dp"):
         args = (p,) if fn == "initial_dp" else (x, times[-1], p, sw)
-        np.testing.assert_allclose(
-            getattr(c_py, fn)(*args), getattr(c_nb, fn)(*args), rtol=1e-12, atol=1e-300
-        )
+        for c in compiled[1:]:
+            np.testing.assert_allclose(
+                getattr(c, fn)(*args), getattr(compiled[0], fn)(*args), rtol=1e-12, atol=1e-300
+            )
 
 
 def test_sensitivity_columns_in_frame(stein):

@@ -38,8 +38,11 @@ def versions(backend: str) -> str:
         f"sympy={sympy.__version__}",
         f"python={sys.version_info.major}.{sys.version_info.minor}",
     ]
-    if backend == "numba":
+    if backend in ("llvm", "numba"):
+        import llvmlite
         import numba
+
+        parts.append(f"llvmlite={llvmlite.__version__}")
 
         parts.append(f"numba={numba.__version__}")
     return ", ".join(parts)
@@ -49,30 +52,39 @@ def cache_key(model_hash: str, backend: str) -> str:
     return hashlib.sha256(f"{model_hash}|{backend}|{versions(backend)}".encode()).hexdigest()
 
 
-def module_path(model_name: str, key: str) -> Path:
-    return cache_dir() / f"{model_name}_{key[:20]}.py"
+def module_path(model_name: str, key: str, suffix: str = ".py") -> Path:
+    return cache_dir() / f"{model_name}_{key[:20]}{suffix}"
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so no reader ever sees a half-written file."""
+def write_atomically(path: Path, content: str | bytes) -> None:
+    """Write ``content`` to ``path`` so no reader ever sees a half-written file (and no
+    temporary file is left behind on failure)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "wb" if isinstance(content, bytes) else "w") as fh:
+            fh.write(content)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
-# The last line of every generated module: a file without it was cut short.
-TRAILER = "\n# end of the generated module\n"
+def trailer(comment: str = "# ") -> str:
+    """The last line of every generated file (a file without it was cut short)."""
+    return f"\n{comment}end of the generated module\n"
 
 
-def is_complete(path: Path, header: str) -> bool:
-    """Whether the file at ``path`` begins with ``header`` and ends with :data:`TRAILER`
+TRAILER = trailer()
+
+
+def is_complete(path: Path, header: str, end: str = TRAILER) -> bool:
+    """Whether the file at ``path`` begins with ``header`` and ends with ``end``
     (not cut short, not edited at its ends, not made for another model or version)."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         return False
-    return text.startswith(header) and text.endswith(TRAILER)
+    return text.startswith(header) and text.endswith(end)
 
 
 def load_module(path: Path, key: str) -> ModuleType:
@@ -89,6 +101,12 @@ def load_module(path: Path, key: str) -> ModuleType:
     except BaseException:
         del sys.modules[name]
         raise
+    _LOADED[key] = module
+    return module
+
+
+def keep(key: str, module):
+    """Remember a loaded module (or module-like namespace) for this process."""
     _LOADED[key] = module
     return module
 

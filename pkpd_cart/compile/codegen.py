@@ -1,14 +1,17 @@
 """Generate plain Python source for a model's numeric functions.
 
-One table, :data:`GENERATED`, lists every function written into the module. Each is a
-straight-line block of common subexpressions (``sympy.cse``) followed by assignments to
-an output array, so the same text runs as pure Python or under ``numba.njit``.
+The generated module holds only the model's own functions, one per row of
+:data:`GENERATED`, in the order of the table of
+:mod:`pkpd_cart.compile.kernels.model_calls`. Each is a straight-line block of common
+subexpressions (``sympy.cse``) followed by assignments to an output buffer, with one
+calling convention, ``fn(y, t, p, sw, out, out2)``:
 
-Calling conventions (``n`` states, ``np`` parameters, ``no`` observables, ``ns`` switches):
+* ``y`` state vector (n,), ``t`` time, ``p`` parameters (np,), ``sw`` switch flags (ns,);
+* ``out`` (and ``out2``) the outputs, fully written.
 
-* ``y`` state vector (n,), ``t`` time, ``p`` parameters (np,), ``sw`` switch flags (ns,)
-* the augmented sensitivity vector is ``[x, s_0, ..., s_{k-1}]``, each block of length n;
-  direction ``j < len(pidx)`` is parameter ``pidx[j]``, later directions are initial values.
+Under numba each function is a ``cfunc`` (C pointers in, cached on disk) that the shared
+integrator calls through its address; in pure Python the same text runs on arrays. The
+integrator and everything model-independent live in :mod:`pkpd_cart.compile.kernels`.
 """
 
 from __future__ import annotations
@@ -23,42 +26,33 @@ from sympy.printing.pycode import PythonCodePrinter
 
 from pkpd_cart.model.modelling import Model, t
 
-# The compiled integrator appended to every generated module (see bdf_template.py).
-INTEGRATOR_SOURCE = (Path(__file__).parent / "bdf_template.py").read_text()
-# Part of the cache key: a changed generator (this file) or integrator never reuses a
-# stale module.
+# Part of the cache key: a changed generator (these files) or kernel (the table layout,
+# the helpers generated code calls) never reuses a stale module.
 CODEGEN_VERSION = hashlib.sha256(
-    (Path(__file__).read_text() + INTEGRATOR_SOURCE).encode()
+    b"".join((Path(__file__).parent / name).read_bytes() for name in ("codegen.py", "native.py"))
+    + b"".join(p.read_bytes() for p in sorted((Path(__file__).parent / "kernels").glob("*.py")))
 ).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
 class GeneratedFunction:
     name: str
-    signature: str
     doc: str
 
 
+# In the order of kernels.model_calls (RHS, JAC, JAC_DFDP, ...).
 GENERATED = (
-    GeneratedFunction("rhs", "y, t, p, sw", "dx/dt, shape (n,)"),
-    GeneratedFunction("jac", "y, t, p, sw", "df/dx, shape (n, n)"),
-    GeneratedFunction("jac_solver", "y, t, p, sw", "jac with non-finite entries set to 0"),
-    GeneratedFunction("dfdp", "y, t, p, sw", "df/dp, shape (n, np)"),
-    GeneratedFunction("sens_rhs", "y, t, p, sw, pidx", "augmented rhs [f, J s_j + df/dp_j]"),
+    GeneratedFunction("rhs", "dx/dt into out (n)"),
+    GeneratedFunction("jac", "df/dx into out (n, n)"),
     GeneratedFunction(
-        "sens_jac_banded",
-        "y, t, p, sw, pidx",
-        "block-diagonal Jacobian of the augmented system, LSODA banded layout",
+        "jac_dfdp", "df/dx (non-finite -> 0) into out (n, n), df/dp into out2 (n, np)"
     ),
-    GeneratedFunction("observables", "y, t, p, sw", "h(x, p), shape (no,)"),
-    GeneratedFunction("observables_dx", "y, t, p, sw", "dh/dx, shape (no, n)"),
-    GeneratedFunction("observables_dp", "y, t, p, sw", "dh/dp, shape (no, np)"),
-    GeneratedFunction("observe_all", "Y, T, p, SW", "observables at every row, (nt, no)"),
-    GeneratedFunction("observe_sens_all", "Y, T, p, SW, S, pidx", "dh/dtheta, (nt, no, ns)"),
-    GeneratedFunction("initial", "p", "x(t0) from the initial expressions, (n,)"),
-    GeneratedFunction("initial_dp", "p", "dx(t0)/dp, shape (n, np)"),
-    GeneratedFunction("switch_times", "p", "switch times, shape (ns,)"),
-    GeneratedFunction("switch_times_dp", "p", "d(switch time)/dp, shape (ns, np)"),
+    GeneratedFunction("obs", "observables h(x, p) into out (no)"),
+    GeneratedFunction("obs_d", "dh/dx into out (no, n), dh/dp into out2 (no, np)"),
+    GeneratedFunction("x0", "initial states into out (n), from p"),
+    GeneratedFunction("x0_dp", "dx0/dp into out (n, np), from p"),
+    GeneratedFunction("tau", "switch times into out (ns), from p"),
+    GeneratedFunction("tau_dp", "d(switch time)/dp into out (ns, np), from p"),
 )
 
 
@@ -173,104 +167,6 @@ def _printer() -> _Printer:
     return _Printer({"fully_qualified_modules": True, "standard": "python3"})
 
 
-HELPERS = '''
-@_jit
-def _fpow(b, e):
-    """Real power: nan (never a complex number) for a negative base and fractional exponent."""
-    if b >= 0.0 or e == math.floor(e):
-        return b ** e
-    return math.nan
-
-
-@_jit
-def _fpowlog(b, e):
-    """b**e * log(b), with its limit 0 at b = 0."""
-    if b == 0.0:
-        return 0.0
-    return _fpow(b, e) * _log(b)
-
-
-@_jit
-def _log(x):
-    """math.log that returns -inf at 0 and nan below (as numba and numpy do)."""
-    if x > 0.0:
-        return math.log(x)
-    if x == 0.0:
-        return -math.inf
-    return math.nan
-
-
-@_jit
-def _finite_or_zero(A):
-    """A copy of A with non-finite entries set to 0 (a Newton matrix must stay finite)."""
-    out = A.copy()
-    for i in range(A.shape[0]):
-        for j in range(A.shape[1]):
-            if not math.isfinite(A[i, j]):
-                out[i, j] = 0.0
-    return out
-
-
-@_jit
-def _mul(a, s):
-    """a * s, where s == 0 gives 0 even for an infinite a.
-
-    An infinite Jacobian entry such as d(x**0.25)/dx at x = 0 meets a zero sensitivity at
-    the start of a run; the limit of the product along the trajectory is 0, not nan.
-    """
-    return 0.0 if s == 0.0 else a * s
-
-
-@_jit
-def _finite(a):
-    return a if math.isfinite(a) else 0.0
-
-
-@_jit
-def _heaviside(x):
-    return 1.0 if x > 0.0 else 0.0
-
-
-@_jit
-def _digamma(x):
-    """psi(x) = d log gamma(x)/dx: recurrence up to x >= 10, then the asymptotic series
-    (absolute error about 1e-13)."""
-    if x <= 0.0 and x == math.floor(x):
-        return math.nan
-    acc = 0.0
-    if x < 0.0:  # reflection: psi(x) = psi(1 - x) - pi cot(pi x)
-        acc = -math.pi / math.tan(math.pi * x)
-        x = 1.0 - x
-    while x < 10.0:
-        acc -= 1.0 / x
-        x += 1.0
-    f = 1.0 / (x * x)
-    series = f * (1.0 / 12 - f * (1.0 / 120 - f * (1.0 / 252 - f * (1.0 / 240 - f / 132))))
-    return acc + math.log(x) - 0.5 / x - series
-
-
-@_jit
-def _max(a, b):
-    return a if a >= b else b
-
-
-@_jit
-def _min(a, b):
-    return a if a <= b else b
-'''
-HELPERS += "".join(
-    f"""
-@_jit
-def _{name}(x):
-    try:
-        return math.{name}(x)
-    except Exception:  # plain Python raises ValueError outside the domain; numba never
-        return math.nan
-"""
-    for name in _DOMAIN_LIMITED
-)
-
-
 @dataclass
 class _Symbols:
     """Maps model symbols onto the local variable names used in generated code."""
@@ -301,23 +197,95 @@ class _Symbols:
         return lines
 
 
-def _block(outputs: list[tuple[str, sp.Expr]]) -> list[str]:
-    """CSE over all outputs, then ``target = expr`` lines (zeros are skipped)."""
-    printer = _printer()
-    nonzero = [(target, e) for target, e in outputs if e != 0]
-    if not nonzero:
-        return []
-    reps, reduced = sp.cse(
-        [e for _, e in nonzero], symbols=sp.numbered_symbols("_c"), optimizations="basic"
+@dataclass(frozen=True)
+class Block:
+    """One generated function, independent of the language it is written in.
+
+    ``inputs`` says which vectors it reads (``y`` states, ``p`` parameters, ``s`` switch
+    flags); ``outputs`` names its buffers and their shapes (``out``, then ``out2``);
+    ``temporaries`` are the common subexpressions in order; ``stores`` assign every
+    non-zero output entry (the rest are zero), wrapped in ``finite -> 0`` where flagged.
+    """
+
+    name: str
+    doc: str
+    inputs: str
+    outputs: tuple[tuple[str, tuple[int, ...]], ...]
+    temporaries: tuple[tuple[sp.Symbol, sp.Expr], ...]
+    stores: tuple[tuple[str, tuple[int, ...], sp.Expr, bool], ...]
+
+
+def _cse_block(name, doc, inputs, outputs, entries, finite_in=()) -> Block:
+    """CSE over all non-zero ``entries`` (``(buffer, index, expr)``).
+
+    sympy's default CSE, without its "basic" pre-optimisations (factoring terms), which
+    took three quarters of the generation time of larger models for the same code speed.
+    """
+    nonzero = [(buf, idx, e) for buf, idx, e in entries if e != 0]
+    reps, reduced = (
+        sp.cse([e for *_, e in nonzero], symbols=sp.numbered_symbols("_c")) if nonzero else ([], [])
     )
-    lines = [f"{s} = {printer.doprint(e)}" for s, e in reps]
-    lines += [f"{target} = {printer.doprint(e)}" for (target, _), e in zip(nonzero, reduced)]
-    return lines
+    stores = tuple((buf, idx, e, buf in finite_in) for (buf, idx, _), e in zip(nonzero, reduced))
+    return Block(name, doc, inputs, tuple(outputs), tuple(reps), stores)
 
 
-def _function(name: str, args: str, doc: str, body: list[str]) -> str:
-    inner = textwrap.indent("\n".join([f'"""{doc}"""', *body]), "    ")
-    return f"@_jit\ndef {name}({args}):\n{inner}\n"
+def lower(model: Model) -> tuple[_Symbols, list[Block]]:
+    """The model's generated functions as :class:`Block` s, in :data:`GENERATED` order."""
+    syms = _Symbols(model)
+    d = derive(model, syms)
+    n, npar, no, ns = (
+        len(model.states),
+        len(model.parameters),
+        len(model.observables),
+        len(model.switches),
+    )
+
+    def vec(buf: str, m: sp.Matrix):
+        return [(buf, (i,), m[i]) for i in range(m.rows)]
+
+    def mat(buf: str, m: sp.Matrix):
+        return [(buf, (i, j), m[i, j]) for i in range(m.rows) for j in range(m.cols)]
+
+    spec = {
+        "rhs": ("yps", [("out", (n,))], vec("out", d.f), ()),
+        "jac": ("yps", [("out", (n, n))], mat("out", d.J), ()),
+        "jac_dfdp": (
+            "yps",
+            [("out", (n, n)), ("out2", (n, npar))],
+            mat("out", d.J) + mat("out2", d.dfdp),
+            ("out",),
+        ),
+        "obs": ("yps", [("out", (no,))], vec("out", d.h), ()),
+        "obs_d": (
+            "yps",
+            [("out", (no, n)), ("out2", (no, npar))],
+            mat("out", d.dhdx) + mat("out2", d.dhdp),
+            (),
+        ),
+        "x0": ("p", [("out", (n,))], vec("out", d.x0), ()),
+        "x0_dp": ("p", [("out", (n, npar))], mat("out", d.dx0dp), ()),
+        "tau": ("p", [("out", (ns,))], vec("out", d.tau), ()),
+        "tau_dp": ("p", [("out", (ns, npar))], mat("out", d.dtaudp), ()),
+    }
+    return syms, [_cse_block(g.name, g.doc, *spec[g.name]) for g in GENERATED]
+
+
+def _python_function(block: Block, syms: _Symbols, sizes: dict[str, tuple[int]]) -> str:
+    printer = _printer()
+    names = {"y": "y", "p": "p", "s": "sw"}
+    body = [f'"""{block.doc}"""']
+    body += [f"{names[c]} = _arr({names[c]}_, {sizes[names[c]]!r})" for c in block.inputs]
+    body += syms.unpack(block.inputs)
+    for buf, shape in block.outputs:
+        body += [f"{buf} = _arr({buf}_, {shape!r})", f"{buf}[{', '.join(':' * len(shape))}] = 0.0"]
+    body += [f"{s} = {printer.doprint(e)}" for s, e in block.temporaries]
+    for buf, idx, e, finite in block.stores:
+        value = printer.doprint(e)
+        body.append(
+            f"{buf}[{', '.join(map(str, idx))}] = " + (f"_finite({value})" if finite else value)
+        )
+    inner = textwrap.indent("\n".join(body), "    ")
+    return f"@_model\ndef {block.name}(y_, t, p_, sw_, out_, out2_):\n{inner}\n"
 
 
 @dataclass(frozen=True)
@@ -336,6 +304,21 @@ class Derivatives:
     dtaudp: sp.Matrix
 
 
+def _is_step_derivative(e: sp.Basic) -> bool:
+    """d floor(g)/dx or d ceiling(g)/dx, plain or as sympy's Subs form."""
+    if isinstance(e, sp.Subs):
+        e = e.expr
+    return isinstance(e, sp.Derivative) and isinstance(e.expr, (sp.floor, sp.ceiling))
+
+
+def _without_step_derivatives(e: sp.Expr) -> sp.Expr:
+    """floor and ceiling are piecewise constant: their derivatives are 0 (set before CSE,
+    which would otherwise pull floor(g) out of its Derivative)."""
+    if not e.has(sp.Derivative):
+        return e
+    return e.replace(_is_step_derivative, lambda _: sp.Integer(0))
+
+
 def derive(model: Model, syms: _Symbols) -> Derivatives:
     """Symbolic right-hand side, Jacobians and parameter derivatives of ``model``."""
     rhs = model.rhs(expand=True)
@@ -346,9 +329,14 @@ def derive(model: Model, syms: _Symbols) -> Derivatives:
     tau = sp.Matrix([syms.local(s.at) for s in model.switches.values()])
 
     def jac(v: sp.Matrix, wrt: sp.Matrix) -> sp.Matrix:
-        if v.rows == 0 or wrt.rows == 0:
-            return sp.zeros(v.rows, wrt.rows)
-        return v.jacobian(wrt)
+        # only the symbols an entry contains are differentiated: most entries are 0
+        out = sp.zeros(v.rows, wrt.rows)
+        for i in range(v.rows):
+            free = v[i].free_symbols
+            for j in range(wrt.rows):
+                if wrt[j] in free:
+                    out[i, j] = _without_step_derivatives(v[i].diff(wrt[j]))
+        return out
 
     return Derivatives(
         f, jac(f, X), jac(f, P), h, jac(h, X), jac(h, P), x0, jac(x0, P), tau, jac(tau, P)
@@ -356,247 +344,38 @@ def derive(model: Model, syms: _Symbols) -> Derivatives:
 
 
 def generate_source(model: Model, header: str, use_numba: bool) -> str:
-    """The full text of the generated module for ``model``."""
-    syms = _Symbols(model)
-    d = derive(model, syms)
+    """The full text of the generated module for ``model`` (numba or pure Python)."""
+    syms, blocks = lower(model)
     n, npar, no, ns = (
         len(model.states),
         len(model.parameters),
         len(model.observables),
         len(model.switches),
     )
-    unpack_all = syms.unpack("yps")
-
-    def vec(name: str, m: sp.Matrix) -> list[tuple[str, sp.Expr]]:
-        return [(f"{name}[{i}]", m[i]) for i in range(m.rows)]
-
-    def mat(name: str, m: sp.Matrix) -> list[tuple[str, sp.Expr]]:
-        return [(f"{name}[{i}, {j}]", m[i, j]) for i in range(m.rows) for j in range(m.cols)]
-
-    funcs: list[str] = []
-    funcs.append(
-        _function(
-            "rhs",
-            "y, t, p, sw",
-            "dx/dt, shape (n,).",
-            [*unpack_all, f"out = np.zeros({n})", *_block(vec("out", d.f)), "return out"],
-        )
-    )
-    funcs.append(
-        _function(
-            "jac",
-            "y, t, p, sw",
-            "df/dx, shape (n, n).",
-            [*unpack_all, f"out = np.zeros(({n}, {n}))", *_block(mat("out", d.J)), "return out"],
-        )
-    )
-    funcs.append(
-        _function(
-            "jac_solver",
-            "y, t, p, sw",
-            "df/dx for the integrator's Newton iteration (non-finite -> 0).",
-            ["return _finite_or_zero(jac(y, t, p, sw))"],
-        )
-    )
-    funcs.append(
-        _function(
-            "dfdp",
-            "y, t, p, sw",
-            "df/dp, shape (n, np).",
-            [
-                *unpack_all,
-                f"out = np.zeros(({n}, {npar}))",
-                *_block(mat("out", d.dfdp)),
-                "return out",
-            ],
-        )
-    )
-    jac_lines = [
-        f"{line.split(' = ', 1)[0]} = _finite({line.split(' = ', 1)[1]})"
-        if line.startswith("J[")
-        else line
-        for line in _block(mat("J", d.J) + mat("Fp", d.dfdp))
-    ]
-    funcs.append(
-        _function(
-            "jac_dfdp_into",
-            "y, t, p, sw, J, Fp",
-            "df/dx (non-finite -> 0, as jac_solver) into J (n, n) and df/dp into Fp (n, np), "
-            "sharing subexpressions and allocating nothing (the BDF sensitivity corrector).",
-            [*unpack_all, "J[:, :] = 0.0", "Fp[:, :] = 0.0", *jac_lines],
-        )
-    )
-    nonzero_J = [(i, j) for i in range(n) for j in range(n) if d.J[i, j] != 0]
-    J_locals = [(f"J_{i}_{j}", d.J[i, j]) for i, j in nonzero_J]
-    sens_rows = []
-    for i in range(n):
-        terms = [f"_mul(J_{i}_{j}, y[b + {j}])" for (r, j) in nonzero_J if r == i]
-        sens_rows.append(f"    out[b + {i}] = {' + '.join(terms) if terms else '0.0'}")
-    D_rows = [i for i in range(n) if any(d.dfdp[i, j] != 0 for j in range(npar))]
-    funcs.append(
-        _function(
-            "sens_rhs",
-            "y, t, p, sw, pidx",
-            "Augmented RHS [f, J s_k + df/dp_k]; directions beyond len(pidx) are initial values."
-            " Unrolled over the symbolic sparsity of J.",
-            [
-                *unpack_all,
-                "out = np.zeros(y.shape[0])",
-                f"D = np.zeros(({n}, {npar}))",
-                *_block(vec("out", d.f) + J_locals + mat("D", d.dfdp)),
-                f"for k in range((y.shape[0] - {n}) // {n}):",
-                f"    b = {n} * (k + 1)",
-                *sens_rows,
-                "for k in range(pidx.shape[0]):",
-                f"    b = {n} * (k + 1)",
-                "    j = pidx[k]",
-                *[f"    out[b + {i}] += D[{i}, j]" for i in D_rows],
-                "return out",
-            ],
-        )
-    )
-    funcs.append(
-        _function(
-            "sens_jac_banded",
-            "y, t, p, sw, pidx",
-            "Block-diagonal Jacobian of the augmented system in LSODA banded layout "
-            f"(ml = mu = {n - 1}); the coupling d(J s)/dx is left out, as in CVODES.",
-            [
-                *unpack_all,
-                *_block(J_locals),
-                f"out = np.zeros(({2 * n - 1}, y.shape[0]))",
-                f"for b in range(0, y.shape[0], {n}):",
-                *[f"    out[{n - 1 + i - j}, b + {j}] = _finite(J_{i}_{j})" for i, j in nonzero_J],
-                *(["    pass  # the Jacobian is zero"] if not nonzero_J else []),
-                "return out",
-            ],
-        )
-    )
-    funcs.append(
-        _function(
-            "observables",
-            "y, t, p, sw",
-            "h(x, p), shape (no,).",
-            [*unpack_all, f"out = np.zeros({no})", *_block(vec("out", d.h)), "return out"],
-        )
-    )
-    funcs.append(
-        _function(
-            "observables_dx",
-            "y, t, p, sw",
-            "dh/dx, shape (no, n).",
-            [
-                *unpack_all,
-                f"out = np.zeros(({no}, {n}))",
-                *_block(mat("out", d.dhdx)),
-                "return out",
-            ],
-        )
-    )
-    funcs.append(
-        _function(
-            "observables_dp",
-            "y, t, p, sw",
-            "dh/dp, shape (no, np).",
-            [
-                *unpack_all,
-                f"out = np.zeros(({no}, {npar}))",
-                *_block(mat("out", d.dhdp)),
-                "return out",
-            ],
-        )
-    )
-    funcs.append(
-        _function(
-            "observe_all",
-            "Y, T, p, SW",
-            "Observables at every row, (nt, no).",
-            [
-                f"out = np.zeros((Y.shape[0], {no}))",
-                "for r in range(Y.shape[0]):",
-                "    out[r, :] = observables(Y[r], T[r], p, SW[r])",
-                "return out",
-            ],
-        )
-    )
-    funcs.append(
-        _function(
-            "observe_sens_all",
-            "Y, T, p, SW, S, pidx",
-            "Observable sensitivities dh/dx S + dh/dp at every row; S is (nt, n, nsens), "
-            "returns (nt, no, nsens).",
-            [
-                f"out = np.zeros((Y.shape[0], {no}, S.shape[2]))",
-                "for r in range(Y.shape[0]):",
-                "    hx = observables_dx(Y[r], T[r], p, SW[r])",
-                "    hp = observables_dp(Y[r], T[r], p, SW[r])",
-                f"    for o in range({no}):",
-                "        for k in range(S.shape[2]):",
-                "            acc = 0.0",
-                f"            for i in range({n}):",
-                "                acc += _mul(hx[o, i], S[r, i, k])",
-                "            if k < pidx.shape[0]:",
-                "                acc += hp[o, pidx[k]]",
-                "            out[r, o, k] = acc",
-                "return out",
-            ],
-        )
-    )
-    unpack_p = syms.unpack("p")
-    funcs.append(
-        _function(
-            "initial",
-            "p",
-            "x(t0), shape (n,).",
-            [*unpack_p, f"out = np.zeros({n})", *_block(vec("out", d.x0)), "return out"],
-        )
-    )
-    funcs.append(
-        _function(
-            "initial_dp",
-            "p",
-            "dx(t0)/dp, shape (n, np).",
-            [
-                *unpack_p,
-                f"out = np.zeros(({n}, {npar}))",
-                *_block(mat("out", d.dx0dp)),
-                "return out",
-            ],
-        )
-    )
-    funcs.append(
-        _function(
-            "switch_times",
-            "p",
-            "Switch times, shape (ns,).",
-            [*unpack_p, f"out = np.zeros({ns})", *_block(vec("out", d.tau)), "return out"],
-        )
-    )
-    funcs.append(
-        _function(
-            "switch_times_dp",
-            "p",
-            "d(switch time)/dp, shape (ns, np).",
-            [
-                *unpack_p,
-                f"out = np.zeros(({ns}, {npar}))",
-                *_block(mat("out", d.dtaudp)),
-                "return out",
-            ],
-        )
-    )
-
+    sizes = {"y": (n,), "p": (npar,), "sw": (ns,)}
+    funcs = [_python_function(b, syms, sizes) for b in blocks]
     if use_numba:
-        jit = "from numba import njit\n\n_jit = njit(cache=True, error_model='numpy', nogil=True)\n"
+        backend = (
+            "from numba import carray as _arr, cfunc\n\n"
+            "from pkpd_cart.compile.kernels.jit import SIGNATURE\n"
+            "from pkpd_cart.compile.kernels.mathfns import *\n\n"
+            "_model = cfunc(SIGNATURE, cache=True, error_model='numpy')\n"
+        )
     else:
-        jit = "\ndef _jit(func):\n    return func\n"
+        backend = (
+            "from pkpd_cart.compile.kernels.pure.mathfns import *\n\n\n"
+            "def _model(func):\n    return func\n\n\n"
+            "def _arr(a, shape):\n"
+            "    size = 1\n    for k in shape:\n        size *= k\n"
+            "    return a.reshape(-1)[:size].reshape(shape)\n"
+        )
     preamble = (
         f"{header}\n# flake8: noqa\n# ruff: noqa\nimport math\n\nimport numpy as np\n"
-        f"{jit}\n"
+        f"{backend}\n"
         f"N_STATES = {n}\nN_PARAMETERS = {npar}\nN_OBSERVABLES = {no}\n"
         f"N_SWITCHES = {ns}\n"
         f"STATES = {list(model.states)!r}\nPARAMETERS = {list(model.parameters)!r}\n"
         f"OBSERVABLES = {list(model.observables)!r}\n"
         f"SWITCHES = {list(model.switches)!r}\n"
     )
-    return preamble + HELPERS + "\n\n" + "\n\n".join(funcs) + "\n\n" + INTEGRATOR_SOURCE
+    return preamble + "\n\n" + "\n\n".join(funcs)

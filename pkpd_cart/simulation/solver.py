@@ -27,7 +27,7 @@ COMPILED_METHODS = ("BDF",)
 ODEINT_METHODS = ("LSODA",)
 SOLVE_IVP_METHODS = ("Radau", "RK45", "DOP853")
 METHODS = COMPILED_METHODS + ODEINT_METHODS + SOLVE_IVP_METHODS
-# Messages for the failure statuses of the generated bdf_segment (compile/bdf_template.py).
+# Messages for the failure statuses of bdf_segment (compile/kernels/bdf.py).
 _BDF_FAILURES = {
     "BDF_TOO_MANY_STEPS": "BDF: more than max_steps steps between two output times",
     "BDF_STEP_TOO_SMALL": "BDF: step size became too small (the equations may be singular "
@@ -118,7 +118,7 @@ class SolverOptions:
     method : str
         ``"BDF"`` (default): the variable-order BDF/NDF method of ``scipy.integrate.BDF``
         run as compiled code generated with the model (no Python between steps), with
-        staggered forward sensitivities; see ``pkpd_cart/compile/bdf_template.py``.
+        staggered forward sensitivities; see ``pkpd_cart/compile/kernels/bdf.py``.
         ``"LSODA"``: scipy ``odeint`` (stiff/non-stiff switching). ``solve_ivp``
         methods: ``"Radau"``, ``"RK45"``, ``"DOP853"``.
     rtol, atol : float
@@ -169,19 +169,20 @@ def _bdf_failure(compiled: CompiledModel, status: int) -> str:
 def _bdf_segment(
     compiled: CompiledModel, options: SolverOptions, y0, t0: float, grid, p, sw, pidx, u
 ):
-    """One call of the generated, compiled BDF integrator: ``(Y, status, t_reached)``.
+    """One call of the shared compiled BDF integrator: ``(Y, status, t_reached)``.
 
     ``u`` is the infusion input (amount per time unit) added to each state's derivative.
     """
     o = options
+    f64 = np.ascontiguousarray
     Y, status, reached, _ = compiled.bdf_segment(
-        y0,
+        f64(y0, dtype=float),
         float(t0),
-        grid,
-        p,
-        sw,
-        pidx,
-        u,
+        f64(grid, dtype=float),
+        f64(p, dtype=float),
+        f64(sw, dtype=float),
+        f64(pidx, dtype=np.int64),
+        f64(u, dtype=float),
         o.rtol,
         o.atol,
         o.sensitivity_error_control,

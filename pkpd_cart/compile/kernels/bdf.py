@@ -1,11 +1,11 @@
-"""Compiled variable-order BDF integrator, appended to every generated model module.
+"""Compiled variable-order BDF integrator, shared by every model.
 
-This file is not imported: :func:`pkpd_cart.compile.codegen.generate_source` appends its
-text to a model's generated module, where ``rhs``, ``jac_solver``, ``jac_dfdp_into``, ``_jit``
-and ``N_STATES`` are defined. Under numba the whole integration, every step, Newton
-iteration and dense output, then runs as machine code calling the model's functions
-directly: no Python between steps (scipy's ``odeint`` and ``solve_ivp`` return to Python
-for every right-hand-side and Jacobian call).
+The integrator calls a model only through its table ``M`` (see :mod:`.model_calls`): under
+numba, indirect calls to the model's compiled functions, so this module is compiled once
+per machine and a new model compiles only its own functions; in pure Python, the same text
+calling plain functions. The whole integration, every step, Newton iteration and dense
+output, runs as machine code: no Python between steps (scipy's ``odeint`` and
+``solve_ivp`` return to Python for every right-hand-side and Jacobian call).
 
 Method. The state integration is the algorithm of ``scipy.integrate.BDF``, line for line:
 the variable-order (1-5), quasi-constant step size numerical differentiation formulas
@@ -20,9 +20,12 @@ matrix ``I - c J(t_new, x_new)``, one LU factorisation shared by all directions.
 default the sensitivities are kept out of the local error test (CVODES'
 ``errconS = False``); ``errcon`` puts them in.
 """
-# ruff: noqa: F821 - rhs, jac_solver, jac_dfdp_into, _jit, N_STATES: from the generated module
 
-from pkpd_cart.compile.bdf_kernels import (
+import math
+
+import numpy as np
+
+from .bdf_steps import (
     _BDF_ALPHA,
     _BDF_ERROR_CONST,
     _BDF_GAMMA,
@@ -40,6 +43,20 @@ from pkpd_cart.compile.bdf_kernels import (
     _bdf_to_external,
     _bdf_to_internal,
 )
+from .jit import call, jit
+from .model_calls import (
+    JAC_DFDP,
+    N_X,
+    RHS,
+    initial,
+    initial_dp,
+    jac_solver,
+    observe_all,
+    observe_sens_all,
+    rhs,
+    switch_times,
+    switch_times_dp,
+)
 
 # Status codes returned by bdf_segment (see pkpd_cart.simulation.solver for their messages).
 BDF_SUCCESS = 0
@@ -47,17 +64,17 @@ BDF_TOO_MANY_STEPS = 1
 BDF_STEP_TOO_SMALL = 2
 
 
-@_jit
-def _rhs_u(x, t, p, sw, u):
-    """The model's right-hand side plus the infusion input ``u`` (amount per time)."""
-    f = rhs(x, t, p, sw)
-    for i in range(f.shape[0]):
-        f[i] += u[i]
-    return f
+@jit
+def _rhs_u(M, x, t, p, sw, u, out):
+    """The model's right-hand side plus the infusion input ``u`` (amount per time), into
+    ``out`` (n); ``x`` may be longer than n (only its first n entries are read)."""
+    call(M[RHS], x, t, p, sw, out, out)
+    for i in range(out.shape[0]):
+        out[i] += u[i]
 
 
-@_jit
-def _bdf_initial_step(x0, f0, t0, p, sw, u, interval, max_step, rtol, atol):
+@jit
+def _bdf_initial_step(M, x0, f0, t0, p, sw, u, interval, max_step, rtol, atol):
     """scipy's ``select_initial_step`` for order 1, on the states."""
     n = x0.shape[0]
     scale = np.empty(n)
@@ -70,7 +87,8 @@ def _bdf_initial_step(x0, f0, t0, p, sw, u, interval, max_step, rtol, atol):
     h0 = min(h0, interval)
     for i in range(n):
         x1[i] = x0[i] + h0 * f0[i]
-    f1 = _rhs_u(x1, t0 + h0, p, sw, u)
+    f1 = np.empty(n)
+    _rhs_u(M, x1, t0 + h0, p, sw, u, f1)
     for i in range(n):
         x1[i] = f1[i] - f0[i]
     d2 = _bdf_rms(x1, scale, n) / h0
@@ -81,8 +99,8 @@ def _bdf_initial_step(x0, f0, t0, p, sw, u, interval, max_step, rtol, atol):
     return min(100 * h0, h1, interval, max_step)
 
 
-@_jit
-def bdf_segment(y0, t0, tout, p, sw, pidx, u, rtol, atol, errcon, max_steps, max_step):
+@jit
+def bdf_segment(M, y0, t0, tout, p, sw, pidx, u, rtol, atol, errcon, max_steps, max_step):
     """Integrate the (augmented) state y0 from t0 over the output times ``tout``.
 
     ``y0`` holds the n states, then one block of n per sensitivity direction (parameters
@@ -94,7 +112,7 @@ def bdf_segment(y0, t0, tout, p, sw, pidx, u, rtol, atol, errcon, max_steps, max
     Inside, the sensitivities are stored component-major (all directions of state i
     together), so that J S and the corrector solves run along the directions.
     """
-    n = N_STATES
+    n = M[N_X]
     m = y0.shape[0]
     n_dir = m // n - 1
     Y = np.empty((tout.shape[0], m))
@@ -113,8 +131,9 @@ def bdf_segment(y0, t0, tout, p, sw, pidx, u, rtol, atol, errcon, max_steps, max
     yi = np.empty(m)  # y0 in the internal layout
     _bdf_to_internal(y0, yi, n, n_dir)
     x0 = yi[:n].copy()
-    f0 = _rhs_u(x0, t0, p, sw, u)
-    h_abs = _bdf_initial_step(x0, f0, t0, p, sw, u, t_bound - t0, max_step, rtol, atol)
+    f0 = np.empty(n)
+    _rhs_u(M, x0, t0, p, sw, u, f0)
+    h_abs = _bdf_initial_step(M, x0, f0, t0, p, sw, u, t_bound - t0, max_step, rtol, atol)
     D = np.zeros((_BDF_MAX_ORDER + 3, m))
     Js = np.empty((n, n))  # Jacobian and df/dp at the new state (sensitivity corrector)
     Fp = np.empty((n, p.shape[0]))
@@ -128,14 +147,14 @@ def bdf_segment(y0, t0, tout, p, sw, pidx, u, rtol, atol, errcon, max_steps, max
         # first steps fail the error test of a sensitivity that starts at exactly 0.
         delta = 1e-3 * h_abs
         xz = x0 + delta * f0
-        jac_dfdp_into(xz, t0 + delta, p, sw, Js, Fp)
+        call(M[JAC_DFDP], xz, t0 + delta, p, sw, Js, Fp)
         _bdf_sensitivity_slopes(Js, Fp, pidx, yi, g, n, n_dir)
     for col in range(m):
         D[0, col] = yi[col]
         D[1, col] = g[col] * h_abs
     order = 1
     n_equal_steps = 0
-    J = jac_solver(x0, t0, p, sw)
+    J = jac_solver(M, x0, t0, p, sw)
     LU = np.empty((n, n))
     piv = np.empty(n, dtype=np.int64)
     lu_valid = False
@@ -146,6 +165,7 @@ def bdf_segment(y0, t0, tout, p, sw, pidx, u, rtol, atol, errcon, max_steps, max
     d = np.zeros(m)
     y_new = np.empty(m)
     dy = np.empty(n)
+    f = np.empty(n)
     row = np.empty(m)  # one output row, internal layout
     scale = np.empty(m)
     error = np.empty(m)
@@ -210,7 +230,7 @@ def bdf_segment(y0, t0, tout, p, sw, pidx, u, rtol, atol, errcon, max_steps, max
                 n_iter = 0
                 for k in range(_BDF_NEWTON_MAXITER):
                     n_iter = k + 1
-                    f = _rhs_u(y_new[:n], t_new, p, sw, u)
+                    _rhs_u(M, y_new, t_new, p, sw, u, f)
                     finite = True
                     for i in range(n):
                         if not math.isfinite(f[i]):
@@ -237,12 +257,12 @@ def bdf_segment(y0, t0, tout, p, sw, pidx, u, rtol, atol, errcon, max_steps, max
                 if not converged:
                     if current_jac:
                         break
-                    J = jac_solver(y_predict[:n], t_new, p, sw)
+                    J = jac_solver(M, y_predict, t_new, p, sw)
                     lu_valid = False
                     current_jac = True
             # Staggered sensitivity corrector: (I - c J_new) d_s = c (J_new s_pred + f_p) - psi_s.
             if converged and n_dir:
-                jac_dfdp_into(y_new[:n], t_new, p, sw, Js, Fp)
+                call(M[JAC_DFDP], y_new, t_new, p, sw, Js, Fp)
                 _bdf_sensitivity_slopes(Js, Fp, pidx, y_predict, g, n, n_dir)
                 if _bdf_newton_matrix(Js, c, LUs, pivs):
                     # All directions in one solve (the block is already (n, n_dir) row-major).
@@ -325,7 +345,7 @@ def bdf_segment(y0, t0, tout, p, sw, pidx, u, rtol, atol, errcon, max_steps, max
     return Y, BDF_SUCCESS, t, n_steps
 
 
-@_jit
+@jit
 def _add_rate(u, i, rate):
     """Change the infusion input of state i (an infusion's end leaves no rounding residue)."""
     u[i] += rate
@@ -333,8 +353,9 @@ def _add_rate(u, i, rate):
         u[i] = 0.0
 
 
-@_jit
+@jit
 def bdf_batch(
+    M,
     P,
     pidx,
     active,
@@ -370,26 +391,26 @@ def bdf_batch(
     switch the sensitivities jump by ``(f_before - f_after) dtau/dp``, as in ``simulate``.
     ``status[s]`` gets the BDF status. The same steps as ``simulate`` with method BDF.
     """
-    n = N_STATES
+    n = M[N_X]
     ns = pidx.shape[0]
     m = n * (1 + ns)
     for a in range(active.shape[0]):
         s = active[a]
         p = P[s]
-        tau = switch_times(p)
+        tau = switch_times(M, p)
         nsw = tau.shape[0]
-        dtau = switch_times_dp(p)
+        dtau = switch_times_dp(M, p)
         sw = np.zeros(nsw)
         t0 = start[s]
         for k in range(nsw):
             if tau[k] <= t0:
                 sw[k] = 1.0
         y = np.empty(m)
-        x0 = initial(p)
+        x0 = initial(M, p)
         for i in range(n):
             y[i] = x0[i]
         if ns > 0:
-            dx0 = initial_dp(p)
+            dx0 = initial_dp(M, p)
             for k in range(ns):
                 for i in range(n):
                     y[n * (1 + k) + i] = dx0[i, pidx[k]]
@@ -427,7 +448,7 @@ def bdf_batch(
                     grid[1 + r - o] = T[r]
                 grid[hi - o + 1] = b
                 Yseg, st, reached, _ = bdf_segment(
-                    y, current, grid, p, sw, pidx, u, rtol, atol, errcon, max_steps, max_step
+                    M, y, current, grid, p, sw, pidx, u, rtol, atol, errcon, max_steps, max_step
                 )
                 if st != 0:
                     status[s] = st
@@ -450,9 +471,9 @@ def bdf_batch(
                 if tau[k] == b and sw[k] == 0.0:
                     if ns > 0:
                         x = y[:n].copy()
-                        f_old = rhs(x, b, p, sw)
+                        f_old = rhs(M, x, b, p, sw)
                         sw[k] = 1.0
-                        f_new = rhs(x, b, p, sw)
+                        f_new = rhs(M, x, b, p, sw)
                         for j in range(ns):
                             for i in range(n):
                                 y[n * (1 + j) + i] += (f_old[i] - f_new[i]) * dtau[k, pidx[j]]
@@ -474,7 +495,7 @@ def bdf_batch(
             for k in range(nsw):
                 SW[r, k] = sw[k]
         states = np.ascontiguousarray(Yout[:, :n])
-        obs = observe_all(states, T, p, SW)
+        obs = observe_all(M, states, T, p, SW)
         for r in range(nrow):
             for q in range(obs.shape[1]):
                 OBS[r0 + r, q] = obs[r, q]
@@ -484,7 +505,7 @@ def bdf_batch(
                 for k in range(ns):
                     for i in range(n):
                         S[r, i, k] = Yout[r, n * (1 + k) + i]
-            osens = observe_sens_all(states, T, p, SW, S, pidx)
+            osens = observe_sens_all(M, states, T, p, SW, S, pidx)
             for r in range(nrow):
                 for q in range(osens.shape[1]):
                     for k in range(ns):

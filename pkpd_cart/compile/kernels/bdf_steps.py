@@ -1,22 +1,11 @@
-"""Model-independent kernels of the compiled BDF integrator (see ``bdf_template.py``).
-
-They live in an ordinary module, compiled once per machine and cached by numba, so a new
-model only compiles its own integration loop.
-"""
+"""The steps of the BDF integrator (:mod:`.bdf`) that do not touch the model: norms, LU
+factorisation and solves, the rescaling of the difference array, dense output."""
 
 import math
 
 import numpy as np
 
-try:
-    from numba import njit
-
-    _jit = njit(cache=True, error_model="numpy", nogil=True)
-except ImportError:  # the pure-Python backend runs the same text
-
-    def _jit(func):
-        return func
-
+from .jit import jit as _jit
 
 _BDF_MAX_ORDER = 5
 _BDF_NEWTON_MAXITER = 4

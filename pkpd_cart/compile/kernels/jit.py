@@ -1,0 +1,133 @@
+"""The compiler switch of the kernels and the call of a model function through its table.
+
+``jit`` compiles with numba (cached on disk) unless numba is missing or this module was
+loaded as part of the pure-Python copy (:mod:`pkpd_cart.compile.kernels.pure`).
+
+``call(fn, x, t, p, sw, out, out2)`` calls one generated model function. Every generated
+function has the same C signature, :data:`SIGNATURE`: pointers to the states, the time,
+pointers to the parameters and switch flags, and two output buffers. Under numba ``fn`` is
+the function's machine address (an integer) and ``call`` compiles to an indirect call, so
+the integrator is compiled once for all models; in pure Python ``fn`` is the function
+itself. All arrays passed must be C-contiguous float64.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+KERNEL_DIR = Path(__file__).resolve().parent
+
+
+def sources_hash() -> bytes:
+    """SHA-256 over the source of every kernel module (file names and contents)."""
+    digest = hashlib.sha256()
+    for path in sorted(KERNEL_DIR.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.digest()
+
+
+PURE = ".pure" in __name__
+try:
+    import numba
+except ImportError:  # pragma: no cover - the pure-Python backend without numba
+    numba = None
+    PURE = True
+
+if PURE:
+
+    def jit(func):
+        return func
+
+    def call(fn, x, t, p, sw, out, out2):
+        fn(x, t, p, sw, out, out2)
+
+    SIGNATURE = None
+else:
+    from llvmlite import ir
+    from numba import types
+    from numba.core import caching
+    from numba.extending import intrinsic
+
+    class _KernelLocator(caching._CacheLocator):
+        """numba's cache locator for the kernels, stamped with all kernel sources.
+
+        numba stamps a cached function with its own file only, so a kernel would keep
+        the stale machine code of a helper it inlines from another (changed) file. Here
+        every kernel's stamp is the hash of all kernel files: any change recompiles all.
+        """
+
+        def __init__(self, inner):
+            self._inner = inner
+
+        def ensure_cache_path(self):
+            self._inner.ensure_cache_path()
+
+        def get_cache_path(self):
+            return self._inner.get_cache_path()
+
+        def get_disambiguator(self):
+            return self._inner.get_disambiguator()
+
+        def get_source_stamp(self):
+            return sources_hash()
+
+        @classmethod
+        def from_function(cls, py_func, py_file):
+            if Path(py_file).resolve().parent != KERNEL_DIR:
+                return None
+            for other in (
+                caching.UserProvidedCacheLocator,
+                caching.InTreeCacheLocator,
+                caching.UserWideCacheLocator,
+            ):
+                inner = other.from_function(py_func, py_file)
+                if inner is not None:
+                    return cls(inner)
+            return None
+
+    # numba 0.68 names the class CacheImpl; earlier versions _CacheImpl
+    _impl_class = getattr(caching, "CacheImpl", None) or caching._CacheImpl
+    if not any(c.__name__ == "_KernelLocator" for c in _impl_class._locator_classes):
+        _impl_class._locator_classes.insert(0, _KernelLocator)
+
+    jit = numba.njit(cache=True, error_model="numpy", nogil=True)
+
+    _f64p = types.CPointer(types.float64)
+    SIGNATURE = types.void(_f64p, types.float64, _f64p, _f64p, _f64p, _f64p)
+
+    @intrinsic
+    def call(typingctx, fn, x, t, p, sw, out, out2):
+        arrays = (x, p, sw, out, out2)
+        if not isinstance(fn, types.Integer) or not all(
+            isinstance(a, types.Array) and a.dtype == types.float64 and a.layout == "C"
+            for a in arrays
+        ):  # a pointer to a strided array would read the wrong numbers: refuse to type
+            return None
+        sig = types.void(fn, x, t, p, sw, out, out2)
+
+        def codegen(context, builder, signature, args):
+            a_fn, a_x, a_t, a_p, a_sw, a_out, a_out2 = args
+            dbl = ir.DoubleType()
+            ptr = dbl.as_pointer()
+            fnty = ir.FunctionType(ir.VoidType(), [ptr, dbl, ptr, ptr, ptr, ptr])
+            target = builder.inttoptr(a_fn, fnty.as_pointer())
+
+            def data(ty, value):
+                return context.make_array(ty)(context, builder, value).data
+
+            time = context.cast(builder, a_t, signature.args[2], types.float64)
+            builder.call(
+                target,
+                [
+                    data(x, a_x),
+                    time,
+                    data(p, a_p),
+                    data(sw, a_sw),
+                    data(out, a_out),
+                    data(out2, a_out2),
+                ],
+            )
+            return context.get_dummy_value()
+
+        return sig, codegen

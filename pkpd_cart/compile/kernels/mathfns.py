@@ -1,0 +1,154 @@
+"""Scalar helpers called by generated model code (both backends).
+
+They give every backend the same numbers where plain Python, numpy and numba differ: real
+powers, logarithms and domain-limited functions return nan or -inf instead of raising, and
+``0 * inf`` in a Jacobian-times-sensitivity product is 0. Compiled once per machine.
+"""
+
+import math
+
+from .jit import jit as _jit
+
+# Generated modules import these with *, underscores and all.
+__all__ = [
+    "_fpow",
+    "_fpowlog",
+    "_log",
+    "_finite_or_zero",
+    "_mul",
+    "_finite",
+    "_heaviside",
+    "_digamma",
+    "_max",
+    "_min",
+    "_atanh",
+    "_acosh",
+    "_asin",
+    "_acos",
+    "_gamma",
+]
+
+
+@_jit
+def _fpow(b, e):
+    """Real power: nan (never a complex number) for a negative base and fractional exponent."""
+    if b >= 0.0 or e == math.floor(e):
+        return b**e
+    return math.nan
+
+
+@_jit
+def _fpowlog(b, e):
+    """b**e * log(b), with its limit 0 at b = 0."""
+    if b == 0.0:
+        return 0.0
+    return _fpow(b, e) * _log(b)
+
+
+@_jit
+def _log(x):
+    """math.log that returns -inf at 0 and nan below (as numba and numpy do)."""
+    if x > 0.0:
+        return math.log(x)
+    if x == 0.0:
+        return -math.inf
+    return math.nan
+
+
+@_jit
+def _finite_or_zero(A):
+    """A copy of A with non-finite entries set to 0 (a Newton matrix must stay finite)."""
+    out = A.copy()
+    for i in range(A.shape[0]):
+        for j in range(A.shape[1]):
+            if not math.isfinite(A[i, j]):
+                out[i, j] = 0.0
+    return out
+
+
+@_jit
+def _mul(a, s):
+    """a * s, where s == 0 gives 0 even for an infinite a.
+
+    An infinite Jacobian entry such as d(x**0.25)/dx at x = 0 meets a zero sensitivity at
+    the start of a run; the limit of the product along the trajectory is 0, not nan.
+    """
+    return 0.0 if s == 0.0 else a * s
+
+
+@_jit
+def _finite(a):
+    return a if math.isfinite(a) else 0.0
+
+
+@_jit
+def _heaviside(x):
+    return 1.0 if x > 0.0 else 0.0
+
+
+@_jit
+def _digamma(x):
+    """psi(x) = d log gamma(x)/dx: recurrence up to x >= 10, then the asymptotic series
+    (absolute error about 1e-13)."""
+    if x <= 0.0 and x == math.floor(x):
+        return math.nan
+    acc = 0.0
+    if x < 0.0:  # reflection: psi(x) = psi(1 - x) - pi cot(pi x)
+        acc = -math.pi / math.tan(math.pi * x)
+        x = 1.0 - x
+    while x < 10.0:
+        acc -= 1.0 / x
+        x += 1.0
+    f = 1.0 / (x * x)
+    series = f * (1.0 / 12 - f * (1.0 / 120 - f * (1.0 / 252 - f * (1.0 / 240 - f / 132))))
+    return acc + math.log(x) - 0.5 / x - series
+
+
+@_jit
+def _max(a, b):
+    return a if a >= b else b
+
+
+@_jit
+def _min(a, b):
+    return a if a <= b else b
+
+
+@_jit
+def _atanh(x):
+    try:
+        return math.atanh(x)
+    except Exception:  # plain Python raises ValueError outside the domain; numba never
+        return math.nan
+
+
+@_jit
+def _acosh(x):
+    try:
+        return math.acosh(x)
+    except Exception:  # plain Python raises ValueError outside the domain; numba never
+        return math.nan
+
+
+@_jit
+def _asin(x):
+    try:
+        return math.asin(x)
+    except Exception:  # plain Python raises ValueError outside the domain; numba never
+        return math.nan
+
+
+@_jit
+def _acos(x):
+    try:
+        return math.acos(x)
+    except Exception:  # plain Python raises ValueError outside the domain; numba never
+        return math.nan
+
+
+@_jit
+def _gamma(x):
+    try:
+        return math.gamma(x)
+    except Exception:  # plain Python raises ValueError outside the domain; numba never
+        return math.nan
