@@ -123,3 +123,44 @@ def test_a_new_model_compiles_nothing_of_the_integrator():
     traj = simulate(model, [0.5, 1.0], options=options, sensitivities=True)
     assert np.all(np.isfinite(traj.states))
     assert len(bdf.bdf_segment.signatures) == before
+
+
+def test_the_kernels_cache_is_stamped_with_every_kernel_source(tmp_path):
+    """numba stamps a cached function with its own file only; the kernels' stamp covers
+    all kernel files, so a changed helper in one file recompiles the integrator too."""
+    import shutil
+
+    from pkpd_cart.compile.kernels import jit, model_calls
+
+    simulate(pk.load_model("stein2019"), [1.0])
+    for dispatcher in (bdf.bdf_segment, model_calls.rhs):
+        locator = dispatcher._cache._impl._locator
+        assert type(locator).__name__ == "_KernelLocator"
+        assert locator.get_source_stamp() == jit.sources_hash()
+    copy = tmp_path / "kernels"
+    shutil.copytree(jit.KERNEL_DIR, copy, ignore=shutil.ignore_patterns("__pycache__", "pure"))
+    assert jit.sources_hash(copy) == jit.sources_hash()
+    steps = copy / "bdf_steps.py"
+    steps.write_text(
+        steps.read_text().replace("_BDF_NEWTON_MAXITER = 4", "_BDF_NEWTON_MAXITER = 5")
+    )
+    assert jit.sources_hash(copy) != jit.sources_hash()
+
+
+def test_machine_code_is_used_only_if_made_from_this_ir(fresh_cache, monkeypatch):
+    path = compile_model(zoo_model(), "llvm").source_path
+    obj = path.with_suffix(".o")
+    good = obj.read_bytes()
+    x, p, sw = np.array([1.0, 2.0]), np.array([0.7, 1.3, 2.5]), np.zeros(1)
+    reference = compile_model(zoo_model(), "python").rhs(x, 0.0, p, sw)
+    for damaged in (
+        good[: len(good) // 2],
+        good[:64] + bytes(len(good) - 64),
+        b"\0" * 64 + good[64:],
+    ):
+        obj.write_bytes(damaged)  # cut short; code zeroed; made from other IR
+        monkeypatch.setattr(cache, "_LOADED", {})
+        monkeypatch.setattr(cache, "_BY_MODEL", cache.weakref.WeakKeyDictionary())
+        again = compile_model(zoo_model(), "llvm")
+        assert obj.read_bytes() == good
+        np.testing.assert_allclose(again.rhs(x, 0.0, p, sw), reference, rtol=1e-13)

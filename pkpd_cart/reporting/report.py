@@ -53,9 +53,11 @@ def versions() -> dict[str, str]:
         "pandas": pd.__version__,
     }
     try:
+        import llvmlite
         import numba
 
         out["numba"] = numba.__version__
+        out["llvmlite"] = llvmlite.__version__
     except ImportError:
         out["numba"] = "not installed (pure-Python backend)"
     return out

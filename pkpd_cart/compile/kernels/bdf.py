@@ -135,6 +135,7 @@ def bdf_segment(M, y0, t0, tout, p, sw, pidx, u, rtol, atol, errcon, max_steps, 
     _rhs_u(M, x0, t0, p, sw, u, f0)
     h_abs = _bdf_initial_step(M, x0, f0, t0, p, sw, u, t_bound - t0, max_step, rtol, atol)
     D = np.zeros((_BDF_MAX_ORDER + 3, m))
+    W = np.empty((_BDF_MAX_ORDER + 3, m))  # workspace of _bdf_change_D
     Js = np.empty((n, n))  # Jacobian and df/dp at the new state (sensitivity corrector)
     Fp = np.empty((n, p.shape[0]))
     g = np.empty(m)  # sensitivity slopes J S + dF/dp (internal layout, from index n)
@@ -177,11 +178,11 @@ def bdf_segment(M, y0, t0, tout, p, sw, pidx, u, rtol, atol, errcon, max_steps, 
             return Y, BDF_TOO_MANY_STEPS, t, n_steps
         min_step = 10 * (np.nextafter(t, np.inf) - t)
         if h_abs > max_step:
-            _bdf_change_D(D, order, max_step / h_abs)
+            _bdf_change_D(D, order, max_step / h_abs, W)
             h_abs = max_step
             n_equal_steps = 0
         elif h_abs < min_step:
-            _bdf_change_D(D, order, min_step / h_abs)
+            _bdf_change_D(D, order, min_step / h_abs, W)
             h_abs = min_step
             n_equal_steps = 0
         current_jac = False
@@ -195,22 +196,20 @@ def bdf_segment(M, y0, t0, tout, p, sw, pidx, u, rtol, atol, errcon, max_steps, 
             t_new = t + h_abs
             if t_new > t_bound:
                 t_new = t_bound
-                _bdf_change_D(D, order, (t_new - t) / h_abs)
+                _bdf_change_D(D, order, (t_new - t) / h_abs, W)
                 n_equal_steps = 0
                 lu_valid = False
             h = t_new - t
             h_abs = h
-            # Row views keep the column loops simple enough for LLVM to vectorise.
-            D0 = D[0]
+            # D is indexed directly: a row view costs two reference-count updates (NRT)
             for col in range(m):
-                y_predict[col] = D0[col]
+                y_predict[col] = D[0, col]
                 psi[col] = 0.0
             for k in range(1, order + 1):
                 w = _BDF_GAMMA[k] / _BDF_ALPHA[order]
-                Dk = D[k]
                 for col in range(m):
-                    y_predict[col] += Dk[col]
-                    psi[col] += w * Dk[col]
+                    y_predict[col] += D[k, col]
+                    psi[col] += w * D[k, col]
             for i in range(n):
                 scale[i] = atol + rtol * abs(y_predict[i])
             c = h / _BDF_ALPHA[order]
@@ -275,7 +274,7 @@ def bdf_segment(M, y0, t0, tout, p, sw, pidx, u, rtol, atol, errcon, max_steps, 
                     converged = False  # I - c J(x_new) singular: as a Newton failure
             if not converged:
                 h_abs *= 0.5
-                _bdf_change_D(D, order, 0.5)
+                _bdf_change_D(D, order, 0.5, W)
                 n_equal_steps = 0
                 lu_valid = False
                 continue
@@ -288,7 +287,7 @@ def bdf_segment(M, y0, t0, tout, p, sw, pidx, u, rtol, atol, errcon, max_steps, 
             if error_norm > 1:
                 factor = max(_BDF_MIN_FACTOR, safety * error_norm ** (-1.0 / (order + 1)))
                 h_abs *= factor
-                _bdf_change_D(D, order, factor)
+                _bdf_change_D(D, order, factor, W)
                 n_equal_steps = 0
             else:
                 step_accepted = True
@@ -298,16 +297,12 @@ def bdf_segment(M, y0, t0, tout, p, sw, pidx, u, rtol, atol, errcon, max_steps, 
         n_equal_steps += 1
         t_old = t
         t = t_new
-        Dp1 = D[order + 1]
-        Dp2 = D[order + 2]
         for col in range(m):
-            Dp2[col] = d[col] - Dp1[col]
-            Dp1[col] = d[col]
+            D[order + 2, col] = d[col] - D[order + 1, col]
+            D[order + 1, col] = d[col]
         for i in range(order, -1, -1):
-            Di = D[i]
-            Dn = D[i + 1]
             for col in range(m):
-                Di[col] += Dn[col]
+                D[i, col] += D[i + 1, col]
         while k_out < tout.shape[0] and tout[k_out] <= t:
             if tout[k_out] == t:
                 _bdf_to_external(D[0], Y, k_out, n, n_dir)
@@ -339,7 +334,7 @@ def bdf_segment(M, y0, t0, tout, p, sw, pidx, u, rtol, atol, errcon, max_steps, 
         order += best - 1
         factor = min(_BDF_MAX_FACTOR, safety * best_factor)
         h_abs *= factor
-        _bdf_change_D(D, order, factor)
+        _bdf_change_D(D, order, factor, W)
         n_equal_steps = 0
         lu_valid = False
     return Y, BDF_SUCCESS, t, n_steps

@@ -43,8 +43,13 @@ def _bdf_compute_R(order, factor):
 
 
 @_jit
-def _bdf_change_D(D, order, factor):
-    """Rescale the differences D[:order + 1] to a step ``factor`` times the current one."""
+def _bdf_change_D(D, order, factor, W):
+    """Rescale the differences D[:order + 1] to a step ``factor`` times the current one.
+
+    ``W`` is a workspace of D's shape. Loops index the 2-D arrays directly: taking row
+    views inside them costs two reference-count updates each (numba's NRT), which used to
+    dominate this function for small systems.
+    """
     R = _bdf_compute_R(order, factor)
     U = _bdf_compute_R(order, 1.0)
     RU = np.zeros((order + 1, order + 1))
@@ -53,20 +58,15 @@ def _bdf_change_D(D, order, factor):
             for j in range(order + 1):
                 RU[i, j] += R[i, k] * U[k, j]
     m = D.shape[1]
-    old = np.empty((order + 1, m))
     for i in range(order + 1):
-        Di = D[i]
-        Oi = old[i]
         for c in range(m):
-            Oi[c] = Di[c]
-            Di[c] = 0.0
+            W[i, c] = D[i, c]
+            D[i, c] = 0.0
     for i in range(order + 1):
-        Di = D[i]
         for k in range(order + 1):
             w = RU[k, i]
-            Ok = old[k]
             for c in range(m):  # innermost over contiguous columns: vectorised
-                Di[c] += w * Ok[c]
+                D[i, c] += w * W[k, c]
 
 
 @_jit
@@ -121,35 +121,34 @@ def _bdf_lu_solve(LU, piv, b, offset):
 def _bdf_lu_solve_many(LU, piv, b, offset, k):
     """Solve LU X = B in place, B being the (n, k) block stored row-major in
     b[offset:offset + n * k]: row operations run along the k right-hand sides (contiguous,
-    vectorised), and zero factors of a sparse LU are skipped."""
+    vectorised), and zero factors of a sparse LU are skipped. Flat indices, no views."""
     n = LU.shape[0]
-    B = b[offset : offset + n * k].reshape((n, k))
-    tmp = np.empty(k)
     for r in range(n):
-        p = piv[r]
-        if p != r:
-            tmp[:] = B[r]
-            B[r] = B[p]
-            B[p] = tmp
+        q = piv[r]
+        if q != r:
+            for c in range(k):
+                a = offset + r * k + c
+                z = offset + q * k + c
+                b[a], b[z] = b[z], b[a]
     for i in range(n):
-        Bi = B[i]
+        row_i = offset + i * k
         for j in range(i):
             f = LU[i, j]
             if f != 0.0:
-                Bj = B[j]
+                row_j = offset + j * k
                 for c in range(k):
-                    Bi[c] -= f * Bj[c]
+                    b[row_i + c] -= f * b[row_j + c]
     for i in range(n - 1, -1, -1):
-        Bi = B[i]
+        row_i = offset + i * k
         for j in range(i + 1, n):
             f = LU[i, j]
             if f != 0.0:
-                Bj = B[j]
+                row_j = offset + j * k
                 for c in range(k):
-                    Bi[c] -= f * Bj[c]
+                    b[row_i + c] -= f * b[row_j + c]
         inv = 1.0 / LU[i, i]
         for c in range(k):
-            Bi[c] *= inv
+            b[row_i + c] *= inv
 
 
 @_jit
@@ -160,19 +159,17 @@ def _bdf_sensitivity_slopes(J, Fp, pidx, s, out, n, k):
     Directions beyond len(pidx) are initial values (no dF/dp term). J's non-finite entries
     are already 0 (``jac_solver``); products run along the directions, skipping J's zeros.
     """
-    S = s[n : n + n * k].reshape((n, k))
-    G = out[n : n + n * k].reshape((n, k))
     npd = pidx.shape[0]
     for i in range(n):
-        Gi = G[i]
+        row_i = n + i * k
         for c in range(k):
-            Gi[c] = Fp[i, pidx[c]] if c < npd else 0.0
+            out[row_i + c] = Fp[i, pidx[c]] if c < npd else 0.0
         for j in range(n):
             a = J[i, j]
             if a != 0.0:
-                Sj = S[j]
+                row_j = n + j * k
                 for c in range(k):
-                    Gi[c] += a * Sj[c]
+                    out[row_i + c] += a * s[row_j + c]
 
 
 @_jit
@@ -215,6 +212,5 @@ def _bdf_interpolate(D, order, t_new, h, t, out):
     prod = 1.0
     for j in range(order):
         prod *= (t - (t_new - h * j)) / (h * (j + 1))
-        Dj = D[j + 1]
         for c in range(m):
-            out[c] += Dj[c] * prod
+            out[c] += D[j + 1, c] * prod

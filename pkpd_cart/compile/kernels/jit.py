@@ -19,10 +19,10 @@ from pathlib import Path
 KERNEL_DIR = Path(__file__).resolve().parent
 
 
-def sources_hash() -> bytes:
+def sources_hash(directory: Path = KERNEL_DIR) -> bytes:
     """SHA-256 over the source of every kernel module (file names and contents)."""
     digest = hashlib.sha256()
-    for path in sorted(KERNEL_DIR.glob("*.py")):
+    for path in sorted(Path(directory).glob("*.py")):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.digest()
 
