@@ -164,3 +164,19 @@ def test_machine_code_is_used_only_if_made_from_this_ir(fresh_cache, monkeypatch
         again = compile_model(zoo_model(), "llvm")
         assert obj.read_bytes() == good
         np.testing.assert_allclose(again.rhs(x, 0.0, p, sw), reference, rtol=1e-13)
+
+
+def test_ir_that_llvm_refuses_falls_back_to_numba_with_a_warning(fresh_cache, monkeypatch):
+    from pkpd_cart.compile import native
+    from pkpd_cart.errors import BackendWarning
+
+    def broken(model, header):
+        return native.generate_ir(model, header).replace("fadd double", "fadd i1", 1)
+
+    monkeypatch.setattr(native, "generate_ir", broken)
+    with pytest.warns(BackendWarning, match="compiled with numba instead"):
+        compiled = compile_model(zoo_model("broken_ir_probe"), "llvm")
+    assert compiled.backend == "numba"
+    x, p, sw = np.array([1.0, 2.0]), np.array([0.7, 1.3, 2.5]), np.zeros(1)
+    reference = compile_model(zoo_model("broken_ir_probe"), "python").rhs(x, 0.0, p, sw)
+    np.testing.assert_allclose(compiled.rhs(x, 0.0, p, sw), reference, rtol=1e-13)

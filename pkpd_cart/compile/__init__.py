@@ -192,6 +192,13 @@ def compile_model(model: Model, backend: str | None = None) -> CompiledModel:
         except native.UnsupportedExpressionError as exc:
             log.info("model '%s': %s; compiled with numba instead", model.name, exc)
             compiled = compile_model(model, "numba")
+        except CompileError as exc:  # LLVM refused the IR: a writer bug, never the user's
+            warnings.warn(
+                f"{exc}; compiled with numba instead (please report this model)",
+                BackendWarning,
+                stacklevel=2,
+            )
+            compiled = compile_model(model, "numba")
     else:
 
         def generate_py(model: Model, header: str) -> str:
