@@ -1,4 +1,4 @@
-"""The compiled BDF integrator (pkpd_cart/compile/bdf_template.py) against scipy's BDF,
+"""The compiled BDF integrator (pkpd_cart/compile/kernels/bdf.py) against scipy's BDF,
 closed forms and its own failure reports."""
 
 import numpy as np

@@ -161,7 +161,7 @@ class SolverOptions:
 
 
 def _bdf_failure(compiled: CompiledModel, status: int) -> str:
-    """The message of a failure status of the generated ``bdf_segment``."""
+    """The message of a failure status of ``bdf_segment`` (compile/kernels/bdf.py)."""
     code = next((k for k in _BDF_FAILURES if getattr(compiled, k) == status), None)
     return _BDF_FAILURES.get(code, f"BDF status {status}")
 
@@ -365,7 +365,7 @@ class _Integrator:
         return Y
 
     def _bdf(self, y0: np.ndarray, grid: np.ndarray, sw: np.ndarray, u: np.ndarray) -> np.ndarray:
-        """One call of the generated, compiled BDF integrator."""
+        """One call of the shared compiled BDF integrator."""
         Y, status, reached = _bdf_segment(
             self.c, self.options, y0, grid[0], grid, self.p, sw, self.pidx, u
         )
@@ -747,8 +747,8 @@ def simulate_batch(
 
 
 class BatchRun:
-    """Several subjects packed for one compiled call (``bdf_batch`` of the generated
-    module): no Python between subjects, doses or switches.
+    """Several subjects packed for one compiled call (``bdf_batch`` of the shared
+    kernels): no Python between subjects, doses or switches.
 
     ``run(P, active)`` simulates the rows ``active`` of the parameter matrix ``P`` and
     returns ``(observables, sensitivities or None, status)``; subject ``s`` owns rows
