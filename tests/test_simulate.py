@@ -116,3 +116,31 @@ def test_batch_run_equals_simulate_through_doses_and_switches(name):
         rows = slice(batch.row_ptr[s], batch.row_ptr[s + 1])
         np.testing.assert_array_equal(OBS[rows], traj.observables)
         np.testing.assert_array_equal(SENS[rows], traj.observable_sensitivities)
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"rtol": "1e-6"}, "SolverOptions: rtol must be a number, not '1e-6'"),
+        ({"max_steps": 1.5}, "SolverOptions: max_steps must be a whole number, not 1.5"),
+        ({"max_steps": float("inf")}, "SolverOptions: max_steps must be a whole number, not inf"),
+        ({"exact_linear": 1}, "SolverOptions: exact_linear must be True or False, not 1"),
+        ({"max_step": float("nan")}, "SolverOptions: max_steps must be >= 1 and max_step >= 0"),
+        ({"atol": 0.0}, "SolverOptions: tolerances must be positive (rtol=1e-08, atol=0.0)"),
+    ],
+)
+def test_solver_options_refuse_bad_values_in_one_line(settings, message):
+    with pytest.raises(pk.InputError) as err:
+        pk.SolverOptions(**settings)
+    assert str(err.value) == message
+
+
+def test_solver_options_take_fixed_types_so_the_integrator_compiles_once():
+    o = pk.SolverOptions(rtol=1, atol=np.float32(1e-6), max_steps=1e5, max_step=2)
+    assert (type(o.rtol), type(o.atol), type(o.max_steps), type(o.max_step)) == (
+        float,
+        float,
+        int,
+        float,
+    )
+    assert o.max_steps == 100_000 and o.atol == pytest.approx(1e-6)

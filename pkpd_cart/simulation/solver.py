@@ -148,15 +148,39 @@ class SolverOptions:
     exact_linear: bool = True
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
+        if not isinstance(self.method, str) or self.method not in METHODS:
             raise InputError(
                 f"SolverOptions: unknown method {self.method!r}; choose one of {', '.join(METHODS)}"
             )
+        # Fixed types: the compiled integrator is specialised on its argument types, so a
+        # float max_steps or an int flag would compile it again (or fail inside numba).
+        for name in ("rtol", "atol", "max_step"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(
+                value, (int, float, np.integer, np.floating)
+            ):
+                raise InputError(f"SolverOptions: {name} must be a number, not {value!r}")
+            object.__setattr__(self, name, float(value))
+        steps = self.max_steps
+        whole = (
+            not isinstance(steps, bool)
+            and isinstance(steps, (int, float, np.integer, np.floating))
+            and math.isfinite(steps)
+            and float(steps) == int(steps)
+        )
+        if not whole:
+            raise InputError(f"SolverOptions: max_steps must be a whole number, not {steps!r}")
+        object.__setattr__(self, "max_steps", int(steps))
+        for name in ("sensitivity_error_control", "exact_linear"):
+            value = getattr(self, name)
+            if not isinstance(value, (bool, np.bool_)):
+                raise InputError(f"SolverOptions: {name} must be True or False, not {value!r}")
+            object.__setattr__(self, name, bool(value))
         if not (self.rtol > 0 and self.atol > 0):
             raise InputError(
                 f"SolverOptions: tolerances must be positive (rtol={self.rtol}, atol={self.atol})"
             )
-        if self.max_steps < 1 or self.max_step < 0:
+        if self.max_steps < 1 or not self.max_step >= 0:  # catches a nan max_step too
             raise InputError("SolverOptions: max_steps must be >= 1 and max_step >= 0")
 
 
