@@ -37,7 +37,19 @@ def test_follows_scipy_bdf_on_a_stiff_problem(backend):
     sw = np.zeros(0)
     tout = np.array([0.0, 0.4, 4.0, 40.0, 400.0, 4000.0, 40000.0])
     Y, status, reached, n_steps = c.bdf_segment(
-        y0, 0.0, tout, p, sw, NO_DIRECTIONS, np.zeros(3), 1e-8, 1e-12, False, 100_000, np.inf
+        y0,
+        0.0,
+        tout,
+        p,
+        sw,
+        NO_DIRECTIONS,
+        NO_DIRECTIONS,
+        np.zeros(3),
+        1e-8,
+        1e-12,
+        False,
+        100_000,
+        np.inf,
     )
     assert status == 0 and reached == 40000.0
     ref = solve_ivp(
@@ -123,7 +135,7 @@ def test_max_step_is_honoured(onecmt):
     p = onecmt.resolve_parameters()
     y0 = np.array([100.0])
     tout = np.array([0.0, 10.0])
-    args = (p, np.zeros(0), NO_DIRECTIONS, np.zeros(1), 1e-6, 1e-10, False, 100_000)
+    args = (p, np.zeros(0), NO_DIRECTIONS, NO_DIRECTIONS, np.zeros(1), 1e-6, 1e-10, False, 100_000)
     free = c.bdf_segment(y0, 0.0, tout, *args, np.inf)
     capped = c.bdf_segment(y0, 0.0, tout, *args, 0.1)
     assert free[1] == capped[1] == 0

@@ -229,8 +229,9 @@ def _cse_block(name, doc, inputs, outputs, entries, finite_in=()) -> Block:
     return Block(name, doc, inputs, tuple(outputs), tuple(reps), stores)
 
 
-def lower(model: Model) -> tuple[_Symbols, list[Block]]:
-    """The model's generated functions as :class:`Block` s, in :data:`GENERATED` order."""
+def lower(model: Model) -> tuple[_Symbols, list[Block], dict[str, list[list[int]]]]:
+    """The model's generated functions as :class:`Block` s, in :data:`GENERATED` order,
+    and the structural non-zeros of its derivatives (:func:`patterns`)."""
     syms = _Symbols(model)
     d = derive(model, syms)
     n, npar, no, ns = (
@@ -267,7 +268,22 @@ def lower(model: Model) -> tuple[_Symbols, list[Block]]:
         "tau": ("p", [("out", (ns,))], vec("out", d.tau), ()),
         "tau_dp": ("p", [("out", (ns, npar))], mat("out", d.dtaudp), ()),
     }
-    return syms, [_cse_block(g.name, g.doc, *spec[g.name]) for g in GENERATED]
+    blocks = [_cse_block(g.name, g.doc, *spec[g.name]) for g in GENERATED]
+    return syms, blocks, patterns(d)
+
+
+def patterns(d: Derivatives) -> dict[str, list[list[int]]]:
+    """Structural non-zeros ``[row, column]`` of df/dx, df/dp, dx0/dp and dtau/dp.
+
+    Stored with the generated code, they tell the integrator which sensitivities are zero
+    for all time (:func:`pkpd_cart.simulation.structure.sensitivity_columns`).
+    """
+
+    def nonzero(m: sp.Matrix) -> list[list[int]]:
+        return [[i, j] for i in range(m.rows) for j in range(m.cols) if m[i, j] != 0]
+
+    return {"J": nonzero(d.J), "dfdp": nonzero(d.dfdp), "dx0dp": nonzero(d.dx0dp),
+            "dtaudp": nonzero(d.dtaudp)}  # fmt: skip
 
 
 def _python_function(block: Block, syms: _Symbols, sizes: dict[str, tuple[int]]) -> str:
@@ -345,7 +361,7 @@ def derive(model: Model, syms: _Symbols) -> Derivatives:
 
 def generate_source(model: Model, header: str, use_numba: bool) -> str:
     """The full text of the generated module for ``model`` (numba or pure Python)."""
-    syms, blocks = lower(model)
+    syms, blocks, structure = lower(model)
     n, npar, no, ns = (
         len(model.states),
         len(model.parameters),
@@ -377,5 +393,6 @@ def generate_source(model: Model, header: str, use_numba: bool) -> str:
         f"STATES = {list(model.states)!r}\nPARAMETERS = {list(model.parameters)!r}\n"
         f"OBSERVABLES = {list(model.observables)!r}\n"
         f"SWITCHES = {list(model.switches)!r}\n"
+        f"PATTERNS = {structure!r}\n"
     )
     return preamble + "\n\n" + "\n\n".join(funcs)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import json
 from types import SimpleNamespace
 
 import sympy as sp
@@ -27,6 +28,8 @@ from llvmlite import ir
 from pkpd_cart.compile.codegen import Block, FPow, FPowLog, _Symbols
 from pkpd_cart.model.modelling import t as time_symbol
 
+# The derivatives' structural non-zeros travel with the IR as one comment line.
+PATTERNS_TAG = "; pkpd_cart patterns: "
 DOUBLE = ir.DoubleType()
 PTR = DOUBLE.as_pointer()
 FUNCTION_TYPE = ir.FunctionType(ir.VoidType(), [PTR, DOUBLE, PTR, PTR, PTR, PTR])
@@ -280,11 +283,11 @@ def generate_ir(model, header: str) -> str:
     raises :class:`UnsupportedExpressionError`."""
     from pkpd_cart.compile.codegen import lower
 
-    syms, blocks = lower(model)
+    syms, blocks, structure = lower(model)
     module = ir.Module(name=model.name)
     for block in blocks:
         _emit_function(module, block, syms)
-    return f"{header}\n{module}"
+    return f"{header}\n{PATTERNS_TAG}{json.dumps(structure)}\n{module}"
 
 
 @functools.lru_cache(maxsize=1)
@@ -339,6 +342,13 @@ def _object_code(text: str, path) -> bytes:
     return code
 
 
+def _patterns(text: str) -> dict:
+    for line in text.splitlines():
+        if line.startswith(PATTERNS_TAG):
+            return json.loads(line[len(PATTERNS_TAG) :])
+    raise RuntimeError("the IR file has no patterns line")
+
+
 def load_ir(text: str, model, path) -> SimpleNamespace:
     """Load the model's compiled functions (see :func:`_object_code`) and return a
     module-like namespace: each function with an ``address`` attribute (as numba's
@@ -361,6 +371,7 @@ def load_ir(text: str, model, path) -> SimpleNamespace:
         PARAMETERS=list(model.parameters),
         OBSERVABLES=list(model.observables),
         SWITCHES=list(model.switches),
+        PATTERNS=_patterns(text),
     )
     for g in GENERATED:
         address = engine.get_function_address(g.name)

@@ -19,6 +19,7 @@ import numpy as np
 from pkpd_cart.compile import CompiledModel
 from pkpd_cart.errors import InputError, SimulationError
 from pkpd_cart.model.modelling import Model
+from pkpd_cart.simulation.structure import sensitivity_columns
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -191,11 +192,12 @@ def _bdf_failure(compiled: CompiledModel, status: int) -> str:
 
 
 def _bdf_segment(
-    compiled: CompiledModel, options: SolverOptions, y0, t0: float, grid, p, sw, pidx, u
+    compiled: CompiledModel, options: SolverOptions, y0, t0: float, grid, p, sw, pidx, cols, u
 ):
     """One call of the shared compiled BDF integrator: ``(Y, status, t_reached)``.
 
-    ``u`` is the infusion input (amount per time unit) added to each state's derivative.
+    ``u`` is the infusion input (amount per time unit) added to each state's derivative;
+    ``cols`` the sensitivity entries that can be non-zero (``structure.sensitivity_columns``).
     """
     o = options
     f64 = np.ascontiguousarray
@@ -206,6 +208,7 @@ def _bdf_segment(
         f64(p, dtype=float),
         f64(sw, dtype=float),
         f64(pidx, dtype=np.int64),
+        f64(cols, dtype=np.int64),
         f64(u, dtype=float),
         o.rtol,
         o.atol,
@@ -309,12 +312,14 @@ class _Integrator:
         options: SolverOptions,
         pidx: np.ndarray,
         n_sens: int,
+        cols: np.ndarray,
     ):
         self.c = compiled
         self.model = compiled.model
         self.p = p
         self.options = options
         self.pidx = pidx
+        self.cols = cols
         self.n = len(self.model.states)
         self.n_sens = n_sens
 
@@ -391,7 +396,7 @@ class _Integrator:
     def _bdf(self, y0: np.ndarray, grid: np.ndarray, sw: np.ndarray, u: np.ndarray) -> np.ndarray:
         """One call of the shared compiled BDF integrator."""
         Y, status, reached = _bdf_segment(
-            self.c, self.options, y0, grid[0], grid, self.p, sw, self.pidx, u
+            self.c, self.options, y0, grid[0], grid, self.p, sw, self.pidx, self.cols, u
         )
         if status:
             raise self.fail(float(reached), _bdf_failure(self.c, status))
@@ -637,7 +642,8 @@ def simulate(
         )
     sw = (tau <= start).astype(float)
     t_end = max(float(times[-1]), start)
-    run = _Integrator(compiled, p, options, pidx, n_sens)
+    cols = sensitivity_columns(compiled, pidx, sidx) if n_sens else np.zeros(0, np.int64)
+    run = _Integrator(compiled, p, options, pidx, n_sens, cols)
     state_index = {name: i for i, name in enumerate(model.states)}
 
     # Plain Python containers: a population calls this a few times per patient, and numpy
@@ -792,6 +798,7 @@ class BatchRun:
         names, self.pidx, sidx = _sensitivity_directions(model, list(sensitivities) or False)
         if sidx:
             raise InputError("BatchRun: initial-value sensitivities are not supported")
+        self.cols = sensitivity_columns(compiled, self.pidx, []) if names else np.zeros(0, np.int64)
         self.n_sens = len(names)
         index = {name: i for i, name in enumerate(model.states)}
         starts, ends, ev_ptr, ev_t, ev_lo, ev_hi = [], [], [0], [], [], []
@@ -872,6 +879,7 @@ class BatchRun:
             self.c.bdf_batch(
                 np.ascontiguousarray(P, dtype=float),
                 self.pidx,
+                self.cols,
                 np.asarray(active, dtype=np.int64),
                 self.start,
                 self.t_end,

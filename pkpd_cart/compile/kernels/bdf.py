@@ -100,7 +100,7 @@ def _bdf_initial_step(M, x0, f0, t0, p, sw, u, interval, max_step, rtol, atol):
 
 
 @jit
-def bdf_segment(M, y0, t0, tout, p, sw, pidx, u, rtol, atol, errcon, max_steps, max_step):
+def bdf_segment(M, y0, t0, tout, p, sw, pidx, cols, u, rtol, atol, errcon, max_steps, max_step):
     """Integrate the (augmented) state y0 from t0 over the output times ``tout``.
 
     ``y0`` holds the n states, then one block of n per sensitivity direction (parameters
@@ -110,7 +110,11 @@ def bdf_segment(M, y0, t0, tout, p, sw, pidx, u, rtol, atol, errcon, max_steps, 
     end of the segment. Returns ``(Y, status, t_reached, n_steps)`` with ``Y[i]`` the
     solution at ``tout[i]`` in the same layout (rows after a failure are undefined).
     Inside, the sensitivities are stored component-major (all directions of state i
-    together), so that J S and the corrector solves run along the directions.
+    together: entry ``n + i * k + direction``), so that J S and the corrector solves run
+    along the directions. ``cols`` lists, sorted, the entries that can be non-zero
+    (:func:`pkpd_cart.simulation.structure.sensitivity_columns`); the difference table
+    keeps only those (the others are exactly 0 for all time), while J S and the solves
+    run on the full block.
     """
     n = M[N_X]
     m = y0.shape[0]
@@ -125,7 +129,9 @@ def bdf_segment(M, y0, t0, tout, p, sw, pidx, u, rtol, atol, errcon, max_steps, 
     if k_out == tout.shape[0]:
         return Y, BDF_SUCCESS, t0, 0
     newton_tol = max(10 * 2.220446049250313e-16 / rtol, min(0.03, rtol**0.5))
-    err_size = m if errcon else n
+    mc = n + cols.shape[0] if n_dir else n  # compressed width: states + active entries
+    err_size = mc if errcon else n
+    err_factor = math.sqrt(mc / m) if errcon else 1.0
 
     t = t0
     yi = np.empty(m)  # y0 in the internal layout
@@ -134,8 +140,10 @@ def bdf_segment(M, y0, t0, tout, p, sw, pidx, u, rtol, atol, errcon, max_steps, 
     f0 = np.empty(n)
     _rhs_u(M, x0, t0, p, sw, u, f0)
     h_abs = _bdf_initial_step(M, x0, f0, t0, p, sw, u, t_bound - t0, max_step, rtol, atol)
-    D = np.zeros((_BDF_MAX_ORDER + 3, m))
-    W = np.empty((_BDF_MAX_ORDER + 3, m))  # workspace of _bdf_change_D
+    D = np.zeros((_BDF_MAX_ORDER + 3, mc))
+    W = np.empty((_BDF_MAX_ORDER + 3, mc))  # workspace of _bdf_change_D
+    yfull = np.zeros(m)
+    dfull = np.zeros(m)
     Js = np.empty((n, n))  # Jacobian and df/dp at the new state (sensitivity corrector)
     Fp = np.empty((n, p.shape[0]))
     g = np.empty(m)  # sensitivity slopes J S + dF/dp (internal layout, from index n)
@@ -150,9 +158,12 @@ def bdf_segment(M, y0, t0, tout, p, sw, pidx, u, rtol, atol, errcon, max_steps, 
         xz = x0 + delta * f0
         call(M[JAC_DFDP], xz, t0 + delta, p, sw, Js, Fp)
         _bdf_sensitivity_slopes(Js, Fp, pidx, yi, g, n, n_dir)
-    for col in range(m):
+    for col in range(n):
         D[0, col] = yi[col]
         D[1, col] = g[col] * h_abs
+    for j in range(mc - n):
+        D[0, n + j] = yi[cols[j]]
+        D[1, n + j] = g[cols[j]] * h_abs
     order = 1
     n_equal_steps = 0
     J = jac_solver(M, x0, t0, p, sw)
@@ -161,15 +172,15 @@ def bdf_segment(M, y0, t0, tout, p, sw, pidx, u, rtol, atol, errcon, max_steps, 
     lu_valid = False
     LUs = np.empty((n, n))
     pivs = np.empty(n, dtype=np.int64)
-    y_predict = np.empty(m)
-    psi = np.empty(m)
-    d = np.zeros(m)
-    y_new = np.empty(m)
+    y_predict = np.empty(mc)
+    psi = np.empty(mc)
+    d = np.zeros(mc)
+    y_new = np.empty(mc)
     dy = np.empty(n)
     f = np.empty(n)
-    row = np.empty(m)  # one output row, internal layout
-    scale = np.empty(m)
-    error = np.empty(m)
+    row = np.empty(mc)  # one output row, internal layout
+    scale = np.empty(mc)
+    error = np.empty(mc)
     n_steps = 0
     steps_since_output = 0
 
@@ -202,12 +213,12 @@ def bdf_segment(M, y0, t0, tout, p, sw, pidx, u, rtol, atol, errcon, max_steps, 
             h = t_new - t
             h_abs = h
             # D is indexed directly: a row view costs two reference-count updates (NRT)
-            for col in range(m):
+            for col in range(mc):
                 y_predict[col] = D[0, col]
                 psi[col] = 0.0
             for k in range(1, order + 1):
                 w = _BDF_GAMMA[k] / _BDF_ALPHA[order]
-                for col in range(m):
+                for col in range(mc):
                     y_predict[col] += D[k, col]
                     psi[col] += w * D[k, col]
             for i in range(n):
@@ -262,14 +273,19 @@ def bdf_segment(M, y0, t0, tout, p, sw, pidx, u, rtol, atol, errcon, max_steps, 
             # Staggered sensitivity corrector: (I - c J_new) d_s = c (J_new s_pred + f_p) - psi_s.
             if converged and n_dir:
                 call(M[JAC_DFDP], y_new, t_new, p, sw, Js, Fp)
-                _bdf_sensitivity_slopes(Js, Fp, pidx, y_predict, g, n, n_dir)
+                for j in range(mc - n):
+                    yfull[cols[j]] = y_predict[n + j]
+                _bdf_sensitivity_slopes(Js, Fp, pidx, yfull, g, n, n_dir)
                 if _bdf_newton_matrix(Js, c, LUs, pivs):
-                    # All directions in one solve (the block is already (n, n_dir) row-major).
                     for col in range(n, m):
-                        d[col] = c * g[col] - psi[col]
-                    _bdf_lu_solve_many(LUs, pivs, d, n, n_dir)
-                    for col in range(n, m):
-                        y_new[col] = y_predict[col] + d[col]
+                        dfull[col] = 0.0
+                    for j in range(mc - n):
+                        q = cols[j]
+                        dfull[q] = c * g[q] - psi[n + j]
+                    _bdf_lu_solve_many(LUs, pivs, dfull, n, n_dir)
+                    for j in range(mc - n):
+                        d[n + j] = dfull[cols[j]]
+                        y_new[n + j] = y_predict[n + j] + d[n + j]
                 else:
                     converged = False  # I - c J(x_new) singular: as a Newton failure
             if not converged:
@@ -283,7 +299,7 @@ def bdf_segment(M, y0, t0, tout, p, sw, pidx, u, rtol, atol, errcon, max_steps, 
             for i in range(err_size):
                 scale[i] = atol + rtol * abs(y_new[i])
                 error[i] = _BDF_ERROR_CONST[order] * d[i]
-            error_norm = _bdf_rms(error, scale, err_size)
+            error_norm = _bdf_rms(error, scale, err_size) * err_factor
             if error_norm > 1:
                 factor = max(_BDF_MIN_FACTOR, safety * error_norm ** (-1.0 / (order + 1)))
                 h_abs *= factor
@@ -297,18 +313,23 @@ def bdf_segment(M, y0, t0, tout, p, sw, pidx, u, rtol, atol, errcon, max_steps, 
         n_equal_steps += 1
         t_old = t
         t = t_new
-        for col in range(m):
+        for col in range(mc):
             D[order + 2, col] = d[col] - D[order + 1, col]
             D[order + 1, col] = d[col]
         for i in range(order, -1, -1):
-            for col in range(m):
+            for col in range(mc):
                 D[i, col] += D[i + 1, col]
         while k_out < tout.shape[0] and tout[k_out] <= t:
             if tout[k_out] == t:
-                _bdf_to_external(D[0], Y, k_out, n, n_dir)
+                for col in range(mc):
+                    row[col] = D[0, col]
             else:
                 _bdf_interpolate(D, order, t, h_abs, max(tout[k_out], t_old), row)
-                _bdf_to_external(row, Y, k_out, n, n_dir)
+            for col in range(n):
+                yfull[col] = row[col]
+            for j in range(mc - n):
+                yfull[cols[j]] = row[n + j]
+            _bdf_to_external(yfull, Y, k_out, n, n_dir)
             k_out += 1
             steps_since_output = 0
 
@@ -319,11 +340,11 @@ def bdf_segment(M, y0, t0, tout, p, sw, pidx, u, rtol, atol, errcon, max_steps, 
         if order > 1:
             for i in range(err_size):
                 error[i] = _BDF_ERROR_CONST[order - 1] * D[order, i]
-            error_m_norm = _bdf_rms(error, scale, err_size)
+            error_m_norm = _bdf_rms(error, scale, err_size) * err_factor
         if order < _BDF_MAX_ORDER:
             for i in range(err_size):
                 error[i] = _BDF_ERROR_CONST[order + 1] * D[order + 2, i]
-            error_p_norm = _bdf_rms(error, scale, err_size)
+            error_p_norm = _bdf_rms(error, scale, err_size) * err_factor
         best = -1
         best_factor = 0.0
         for k, norm in enumerate((error_m_norm, error_norm, error_p_norm)):
@@ -353,6 +374,7 @@ def bdf_batch(
     M,
     P,
     pidx,
+    cols,
     active,
     start,
     t_end,
@@ -443,7 +465,20 @@ def bdf_batch(
                     grid[1 + r - o] = T[r]
                 grid[hi - o + 1] = b
                 Yseg, st, reached, _ = bdf_segment(
-                    M, y, current, grid, p, sw, pidx, u, rtol, atol, errcon, max_steps, max_step
+                    M,
+                    y,
+                    current,
+                    grid,
+                    p,
+                    sw,
+                    pidx,
+                    cols,
+                    u,
+                    rtol,
+                    atol,
+                    errcon,
+                    max_steps,
+                    max_step,
                 )
                 if st != 0:
                     status[s] = st
