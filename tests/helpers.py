@@ -21,3 +21,11 @@ def one_compartment(name: str = "onecmt") -> pk.Model:
 def relative_error(a, b, floor: float = 0.0) -> float:
     a, b = np.asarray(a, float), np.asarray(b, float)
     return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), floor)))
+
+
+def forget_compiled(monkeypatch) -> None:
+    """No compiled model remembered in this process (the next compile reads the disk)."""
+    from pkpd_cart.compile import cache
+
+    monkeypatch.setattr(cache, "_LOADED", {})
+    monkeypatch.setattr(cache, "_BY_MODEL", cache.weakref.WeakKeyDictionary())

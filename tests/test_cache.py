@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import forget_compiled
 
 import pkpd_cart as pk
 from pkpd_cart.compile import cache, compile_model
@@ -18,15 +19,6 @@ def decay(rate_name: str = "k") -> pk.Model:
     m.add_term(x, -k * x)
     m.observable("x_obs", x, "mg")
     return m.build()
-
-
-@pytest.fixture
-def fresh_cache(tmp_path, monkeypatch):
-    """An empty cache directory and no module remembered in this process."""
-    monkeypatch.setenv("PKPD_CART_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(cache, "_LOADED", {})
-    monkeypatch.setattr(cache, "_BY_MODEL", cache.weakref.WeakKeyDictionary())
-    return tmp_path
 
 
 def rhs_at_start(compiled) -> float:
@@ -48,8 +40,7 @@ def test_a_damaged_cached_module_is_generated_again(fresh_cache, monkeypatch):
     path = compile_model(model, backend="python").source_path
     good = path.read_text()
     path.write_text(good[: len(good) // 2])  # cut short, as by a full disk
-    monkeypatch.setattr(cache, "_LOADED", {})
-    monkeypatch.setattr(cache, "_BY_MODEL", cache.weakref.WeakKeyDictionary())
+    forget_compiled(monkeypatch)
     again = compile_model(decay(), backend="python")
     assert path.read_text() == good
     assert rhs_at_start(again) == pytest.approx(-1.0)
@@ -61,8 +52,7 @@ def test_a_file_with_the_right_name_but_another_header_is_not_used(fresh_cache, 
     good = path.read_text()
     # same file name, but the header names another model hash: made again, not trusted
     path.write_text(good.replace(model.hash, "0" * 64).replace("-k*", "+k*"))
-    monkeypatch.setattr(cache, "_LOADED", {})
-    monkeypatch.setattr(cache, "_BY_MODEL", cache.weakref.WeakKeyDictionary())
+    forget_compiled(monkeypatch)
     again = compile_model(decay(), backend="python")
     assert path.read_text() == good
     assert rhs_at_start(again) == pytest.approx(-1.0)

@@ -156,49 +156,20 @@ def test_fit_script_reads_a_template_style_file(tmp_path):
 
 def test_cli_fit_and_exit_codes(tmp_path, capsys):
     data = ROOT / "fits" / "data" / "mackensen2022_virtual_cohort.csv"
-    code = main(
-        [
-            "fit",
-            "sle_cart",
-            str(data),
-            "--covariates",
-            "SLEDAI_BL",
-            "--estimate",
-            "k_exp,T_exp",
-            "--subjects",
-            "1",
-            "--error",
-            "CAR_T=lognormal:0.3",
-            "--error",
-            "B_cells=lognormal:0.3",
-            "--error",
-            "anti_dsDNA=lognormal:0.2",
-            "--error",
-            "SLEDAI=additive:1",
-            "--error",
-            "vaccine_titre=lognormal:0.1",
-            "--out",
-            str(tmp_path / "r"),
-        ]
-    )
+    fit = ["fit", "sle_cart", str(data), "--covariates", "SLEDAI_BL"]
+    errors = [
+        "CAR_T=lognormal:0.3",
+        "B_cells=lognormal:0.3",
+        "anti_dsDNA=lognormal:0.2",
+        "SLEDAI=additive:1",
+        "vaccine_titre=lognormal:0.1",
+    ]
+    options = ["--estimate", "k_exp,T_exp", "--subjects", "1"]
+    options += [arg for e in errors for arg in ("--error", e)]
+    code = main([*fit, *options, "--out", str(tmp_path / "r")])
     assert code == 0, capsys.readouterr().err
     assert (tmp_path / "r" / "report.md").exists()
-    assert (
-        main(
-            [
-                "fit",
-                "sle_cart",
-                str(data),
-                "--covariates",
-                "SLEDAI_BL",
-                "--estimate",
-                "nope",
-                "--out",
-                str(tmp_path / "x"),
-            ]
-        )  # fmt: skip
-        == 1
-    )
+    assert main([*fit, "--estimate", "nope", "--out", str(tmp_path / "x")]) == 1
     assert "has no parameter 'nope'" in capsys.readouterr().err
     assert (
         main(["fit", "sle_cart", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "x")]) == 1

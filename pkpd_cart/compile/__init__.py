@@ -101,17 +101,17 @@ class CompiledModel:
     ----------
     model : Model
     backend : str
-        ``"numba"`` or ``"python"``.
+        ``"llvm"``, ``"numba"`` or ``"python"``.
     source_path : Path
-        The generated module on disk (tracebacks show its lines).
-    module : ModuleType
-        The imported module holding the model's functions (see :data:`codegen.GENERATED`).
+        The generated file on disk (``.ll`` or ``.py``).
+    module : ModuleType or SimpleNamespace
+        The loaded model functions (see :data:`codegen.GENERATED`) and ``PATTERNS``.
     table : numpy.ndarray or tuple
         The model's table for the kernels (:mod:`pkpd_cart.compile.kernels.model_calls`).
 
     The kernels are reached as attributes with the table bound: ``compiled.rhs(y, t, p,
-    sw)``, ``compiled.bdf_segment(y0, t0, ...)``; so are the module's constants
-    (``N_STATES`` ...) and the integrator's status codes (``BDF_SUCCESS`` ...).
+    sw)``, ``compiled.bdf_segment(y0, t0, ...)``; so are the module's upper-case
+    constants (``PATTERNS`` ...) and the integrator's status codes (``BDF_SUCCESS`` ...).
     """
 
     model: Model

@@ -128,16 +128,7 @@ class _Printer(PythonCodePrinter):
             out = f"_min({out}, {a})"
         return out
 
-    def _print_Derivative(self, expr):
-        # floor, ceiling (SBML's and rem/quotient) are piecewise constant: derivative 0
-        if isinstance(expr.expr, (sp.floor, sp.ceiling)):
-            return "0.0"
-        return super()._print_Derivative(expr)
-
-    def _print_Subs(self, expr):  # d floor(g(x))/dx = Subs(d floor(xi)/d xi, xi, g(x)) g'(x)
-        inner = expr.expr
-        if isinstance(inner, sp.Derivative) and isinstance(inner.expr, (sp.floor, sp.ceiling)):
-            return "0.0"
+    def _print_Subs(self, expr):  # (derivatives of floor/ceiling are 0 before CSE: derive)
         return self._print(expr.doit())
 
     def _print_polygamma(self, expr):

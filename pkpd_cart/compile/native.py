@@ -25,7 +25,7 @@ from types import SimpleNamespace
 import sympy as sp
 from llvmlite import ir
 
-from pkpd_cart.compile.codegen import Block, FPow, FPowLog, _Symbols
+from pkpd_cart.compile.codegen import GENERATED, Block, FPow, FPowLog, _Symbols, lower
 from pkpd_cart.model.modelling import t as time_symbol
 
 # The derivatives' structural non-zeros travel with the IR as one comment line.
@@ -192,12 +192,6 @@ class _Emitter:
             for expr, cond in reversed(e.args):
                 value = self.select(self.condition(cond), self(expr), value)
             return value
-        if isinstance(e, (sp.Derivative, sp.Subs)):
-            inner = e.expr
-            if isinstance(inner, sp.Derivative):
-                inner = inner.expr
-            if isinstance(inner, (sp.floor, sp.ceiling)):
-                return self.const(0.0)  # piecewise constant
         raise UnsupportedExpressionError(f"{type(e).__name__}: {e}")
 
     def condition(self, c):
@@ -281,8 +275,6 @@ def _size(shape) -> int:
 def generate_ir(model, header: str) -> str:
     """The LLVM IR text of the model's functions after ``header`` (IR comments, ``;``);
     raises :class:`UnsupportedExpressionError`."""
-    from pkpd_cart.compile.codegen import lower
-
     syms, blocks, structure = lower(model)
     module = ir.Module(name=model.name)
     for block in blocks:
@@ -352,27 +344,16 @@ def _patterns(text: str) -> dict:
 def load_ir(text: str, model, path) -> SimpleNamespace:
     """Load the model's compiled functions (see :func:`_object_code`) and return a
     module-like namespace: each function with an ``address`` attribute (as numba's
-    ``cfunc``), the sizes, and the execution engine that owns the code kept alive."""
+    ``cfunc``), the derivatives' structural non-zeros (``PATTERNS``), and the execution
+    engine that owns the code, kept alive. ``model`` is unused (the loaders of the other
+    backends share this signature)."""
     import llvmlite.binding as llvm
-
-    from pkpd_cart.compile.codegen import GENERATED
 
     code = _object_code(text, path)
     engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), _target_machine())
     engine.add_object_file(llvm.ObjectFileRef.from_data(code))
     engine.finalize_object()
-    namespace = SimpleNamespace(
-        _engine=engine,
-        N_STATES=len(model.states),
-        N_PARAMETERS=len(model.parameters),
-        N_OBSERVABLES=len(model.observables),
-        N_SWITCHES=len(model.switches),
-        STATES=list(model.states),
-        PARAMETERS=list(model.parameters),
-        OBSERVABLES=list(model.observables),
-        SWITCHES=list(model.switches),
-        PATTERNS=_patterns(text),
-    )
+    namespace = SimpleNamespace(_engine=engine, PATTERNS=_patterns(text))
     for g in GENERATED:
         address = engine.get_function_address(g.name)
         if not address:

@@ -13,6 +13,7 @@ itself. All arrays passed must be C-contiguous float64.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 
@@ -20,9 +21,20 @@ KERNEL_DIR = Path(__file__).resolve().parent
 
 
 def sources_hash(directory: Path = KERNEL_DIR) -> bytes:
-    """SHA-256 over the source of every kernel module (file names and contents)."""
+    """SHA-256 over the source of every kernel module (file names and contents).
+
+    numba asks for it once per kernel it loads: the files are read again only when one
+    of them changed (name, modification time or size), as numba does for its own stamps.
+    """
+    paths = sorted(Path(directory).glob("*.py"))
+    return _hash_files(tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in paths))
+
+
+@functools.lru_cache(maxsize=8)
+def _hash_files(stamps: tuple[tuple[str, int, int], ...]) -> bytes:
     digest = hashlib.sha256()
-    for path in sorted(Path(directory).glob("*.py")):
+    for name, _, _ in stamps:
+        path = Path(name)
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.digest()
 

@@ -7,6 +7,7 @@ powers, logarithms and domain-limited functions return nan or -inf instead of ra
 
 import math
 
+from .jit import PURE
 from .jit import jit as _jit
 
 # Generated modules import these with *, underscores and all.
@@ -114,41 +115,23 @@ def _min(a, b):
     return a if a <= b else b
 
 
-@_jit
-def _atanh(x):
-    try:
-        return math.atanh(x)
-    except Exception:  # plain Python raises ValueError outside the domain; numba never
-        return math.nan
+def _domain_limited(name: str):
+    """math.<name>, but nan (never a ValueError) outside its domain. Compiled code needs no
+    wrapper: numba's math functions return nan there; plain Python raises."""
+    function = getattr(math, name)
+    if not PURE:
+        return function
+
+    def limited(x):
+        try:
+            return function(x)
+        except Exception:  # ValueError outside the domain (OverflowError for gamma)
+            return math.nan
+
+    limited.__name__ = limited.__qualname__ = f"_{name}"
+    return limited
 
 
-@_jit
-def _acosh(x):
-    try:
-        return math.acosh(x)
-    except Exception:  # plain Python raises ValueError outside the domain; numba never
-        return math.nan
-
-
-@_jit
-def _asin(x):
-    try:
-        return math.asin(x)
-    except Exception:  # plain Python raises ValueError outside the domain; numba never
-        return math.nan
-
-
-@_jit
-def _acos(x):
-    try:
-        return math.acos(x)
-    except Exception:  # plain Python raises ValueError outside the domain; numba never
-        return math.nan
-
-
-@_jit
-def _gamma(x):
-    try:
-        return math.gamma(x)
-    except Exception:  # plain Python raises ValueError outside the domain; numba never
-        return math.nan
+_atanh, _acosh, _asin, _acos, _gamma = (
+    _domain_limited(name) for name in ("atanh", "acosh", "asin", "acos", "gamma")
+)
