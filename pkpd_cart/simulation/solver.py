@@ -388,7 +388,8 @@ class _Integrator:
             raise self.fail(
                 grid[0], f"{type(exc).__name__} in the model equations: {exc}"
             ) from None
-        if not np.all(np.isfinite(Y)):
+        # a nan or infinity makes the sum non-finite: one cheap pass screens the block
+        if not np.isfinite(Y.sum()) and not np.all(np.isfinite(Y)):
             bad = int(np.argmax(~np.all(np.isfinite(Y), axis=1)))
             raise self.fail(grid[bad], "non-finite state values")
         return Y
@@ -719,14 +720,13 @@ def simulate(
     out_y[at_end:] = y
     out_sw[at_end:] = sw
 
-    states = out_y[:, :n]
-    observables = compiled.observe_all(np.ascontiguousarray(states), times, p, out_sw)
+    states = np.ascontiguousarray(out_y[:, :n])
+    observables = compiled.observe_all(states, times, p, out_sw)
     state_sens = obs_sens = None
     if n_sens:
-        state_sens = out_y[:, n:].reshape(len(times), n_sens, n).transpose(0, 2, 1).copy()
-        obs_sens = compiled.observe_sens_all(
-            np.ascontiguousarray(states), times, p, out_sw, state_sens, pidx
-        )
+        # a view (nt, n, nsens) of the integrator's direction-major rows, not a copy
+        state_sens = out_y[:, n:].reshape(len(times), n_sens, n).transpose(0, 2, 1)
+        obs_sens = compiled.observe_sens_all(out_y, times, p, out_sw, pidx)
     return Trajectory(model, times, states, observables, out_sw, p, names, state_sens, obs_sens)
 
 

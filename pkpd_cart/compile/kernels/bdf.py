@@ -157,7 +157,9 @@ def bdf_segment(M, y0, t0, tout, p, sw, pidx, cols, u, rtol, atol, errcon, max_s
         delta = 1e-3 * h_abs
         xz = x0 + delta * f0
         call(M[JAC_DFDP], xz, t0 + delta, p, sw, Js, Fp)
-        _bdf_sensitivity_slopes(Js, Fp, pidx, yi, g, n, n_dir)
+        _bdf_sensitivity_slopes(
+            M, Js, Fp, pidx, yi[n:].reshape((n, n_dir)), g[n:].reshape((n, n_dir))
+        )
     for col in range(n):
         D[0, col] = yi[col]
         D[1, col] = g[col] * h_abs
@@ -172,6 +174,8 @@ def bdf_segment(M, y0, t0, tout, p, sw, pidx, cols, u, rtol, atol, errcon, max_s
     lu_valid = False
     LUs = np.empty((n, n))
     pivs = np.empty(n, dtype=np.int64)
+    S_pred = yfull[n:].reshape((n, n_dir))  # component-major blocks, 2-D views made once
+    S_slopes = g[n:].reshape((n, n_dir))
     y_predict = np.empty(mc)
     psi = np.empty(mc)
     d = np.zeros(mc)
@@ -275,7 +279,7 @@ def bdf_segment(M, y0, t0, tout, p, sw, pidx, cols, u, rtol, atol, errcon, max_s
                 call(M[JAC_DFDP], y_new, t_new, p, sw, Js, Fp)
                 for j in range(mc - n):
                     yfull[cols[j]] = y_predict[n + j]
-                _bdf_sensitivity_slopes(Js, Fp, pidx, yfull, g, n, n_dir)
+                _bdf_sensitivity_slopes(M, Js, Fp, pidx, S_pred, S_slopes)
                 if _bdf_newton_matrix(Js, c, LUs, pivs):
                     for col in range(n, m):
                         dfull[col] = 0.0
@@ -530,12 +534,7 @@ def bdf_batch(
             for q in range(obs.shape[1]):
                 OBS[r0 + r, q] = obs[r, q]
         if ns > 0:
-            S = np.empty((nrow, n, ns))
-            for r in range(nrow):
-                for k in range(ns):
-                    for i in range(n):
-                        S[r, i, k] = Yout[r, n * (1 + k) + i]
-            osens = observe_sens_all(M, states, T, p, SW, S, pidx)
+            osens = observe_sens_all(M, Yout, T, p, SW, pidx)
             for r in range(nrow):
                 for q in range(osens.shape[1]):
                     for k in range(ns):

@@ -18,6 +18,9 @@ TAU        switch times (ns), from ``p``         -
 TAU_DP     d tau/dp (ns, np)                     -
 ========== ===================================== ==========================================
 
+After the functions come the sizes (``N_X`` ...) and the structural non-zeros of the
+Jacobian, which the sensitivity products follow (``STRUCTURE``).
+
 Outputs must be zeroed by the caller only where noted by the generated code (they are
 fully written). The functions here allocate and return numpy arrays, for callers in Python
 and in the integrator alike.
@@ -32,8 +35,19 @@ from .mathfns import _finite_or_zero, _mul
 
 RHS, JAC, JAC_DFDP, OBS, OBS_D, X0, X0_DP, TAU, TAU_DP = range(9)
 N_X, N_P, N_OBS, N_SW = range(9, 13)
-TABLE_SIZE = 13
+#: Then ``M[STRUCTURE + k]``, k = 0..2: where the sections of the model's structure start
+#: in M (the last is M's length). Sections: J's structural non-zeros as compressed rows
+#: (pointers n + 1, then columns), from :func:`pkpd_cart.simulation.structure.jacobian_rows`.
+STRUCTURE = 13
+J_ROWS, J_COLS = range(2)
 FUNCTIONS = ("rhs", "jac", "jac_dfdp", "obs", "obs_d", "x0", "x0_dp", "tau", "tau_dp")
+
+
+@jit
+def section(M, k):
+    """Section ``k`` (``J_ROWS`` ...) of the table's structure, a view of M (a tuple in
+    pure Python)."""
+    return M[M[STRUCTURE + k] : M[STRUCTURE + k + 1]]
 
 
 @jit
@@ -150,23 +164,30 @@ def observe_all(M, Y, T, p, SW):
 
 
 @jit
-def observe_sens_all(M, Y, T, p, SW, S, pidx):
-    """Observable sensitivities ``dh/dx S + dh/dp`` at every row; ``S`` is (nt, n, nsens),
-    the result (nt, no, nsens). Directions beyond ``len(pidx)`` are initial values."""
+def observe_sens_all(M, Y, T, p, SW, pidx):
+    """Observable sensitivities ``dh/dx S + dh/dp`` at every row of the augmented states
+    ``Y`` (nt, n (1 + nsens)): the states, then one block of n per direction, as the
+    integrator returns them. Result (nt, no, nsens). Directions beyond ``len(pidx)`` are
+    initial values. Zero entries of dh/dx are skipped (an observable reads few states)."""
     n, no = M[N_X], M[N_OBS]
-    out = np.empty((Y.shape[0], no, S.shape[2]))
+    ns = Y.shape[1] // n - 1
+    npd = pidx.shape[0]
+    out = np.empty((Y.shape[0], no, ns))
     hx = np.empty((no, n))
     hp = np.empty((no, M[N_P]))
+    x = np.empty(n)
     for r in range(Y.shape[0]):
-        call(M[OBS_D], Y[r], T[r], p, SW[r], hx, hp)
+        for i in range(n):
+            x[i] = Y[r, i]
+        call(M[OBS_D], x, T[r], p, SW[r], hx, hp)
         for o in range(no):
-            for k in range(S.shape[2]):
-                acc = 0.0
-                for i in range(n):
-                    acc += _mul(hx[o, i], S[r, i, k])
-                if k < pidx.shape[0]:
-                    acc += hp[o, pidx[k]]
-                out[r, o, k] = acc
+            for k in range(ns):
+                out[r, o, k] = hp[o, pidx[k]] if k < npd else 0.0
+            for i in range(n):
+                a = hx[o, i]
+                if a != 0.0:
+                    for k in range(ns):
+                        out[r, o, k] += _mul(a, Y[r, n * (1 + k) + i])
     return out
 
 
