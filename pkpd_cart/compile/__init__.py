@@ -28,7 +28,6 @@ from pkpd_cart.compile import cache
 from pkpd_cart.compile.codegen import generate_source
 from pkpd_cart.errors import BackendWarning, CompileError
 from pkpd_cart.model.modelling import Model
-from pkpd_cart.simulation.structure import jacobian_rows
 
 log = logging.getLogger(__name__)
 
@@ -126,10 +125,6 @@ class CompiledModel:
         functions = [getattr(self.module, name) for name in calls.FUNCTIONS]
         m = self.model
         sizes = [len(m.states), len(m.parameters), len(m.observables), len(m.switches)]
-        sections = jacobian_rows(len(m.states), self.module.PATTERNS["J"])
-        first = len(functions) + len(sizes) + len(sections) + 1  # after the offsets
-        offsets = np.cumsum([first] + [len(s) for s in sections])
-        sizes += offsets.tolist() + np.concatenate(sections).tolist()
         if self.backend != "python":
             table = np.array([f.address for f in functions] + sizes, dtype=np.int64)
         else:

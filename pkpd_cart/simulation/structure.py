@@ -62,14 +62,3 @@ def sensitivity_columns(compiled, pidx, sidx) -> np.ndarray:
         cols = [n + i * k + c for i in range(n) for c in range(k) if reach[c][i]]
         cache[key] = np.asarray(cols, dtype=np.int64)
     return cache[key]
-
-
-def jacobian_rows(n: int, jacobian_pattern) -> list[np.ndarray]:
-    """J's structural non-zeros (pairs ``(i, j)``) as compressed rows: the row pointers
-    (n + 1) and the columns of each row in order, int64 (sections of the model's table,
-    see :mod:`pkpd_cart.compile.kernels.model_calls`)."""
-    pattern = np.zeros((n, n), dtype=bool)
-    for i, j in jacobian_pattern:
-        pattern[i, j] = True
-    rows = np.concatenate(([0], np.cumsum(pattern.sum(axis=1))))
-    return [rows.astype(np.int64), np.nonzero(pattern)[1].astype(np.int64)]

@@ -16,7 +16,9 @@ with a simplified Newton iteration on a reused Jacobian and modified divided dif
 Forward sensitivities use the staggered direct method of Caracotsios & Stewart,
 Comput. Chem. Eng. 9:359-365 (1985), as in CVODES: once the state corrector of a step has
 converged, the sensitivity corrector, which is linear, is solved exactly with the Newton
-matrix ``I - c J(t_new, x_new)``, one LU factorisation shared by all directions. By
+matrix ``I - c J(t_new, x_new)``, one LU factorisation shared by all directions. It is
+solved for the new sensitivities themselves, whose right-hand side needs df/dp but no
+product J S (the product cancels). By
 default the sensitivities are kept out of the local error test (CVODES'
 ``errconS = False``); ``errcon`` puts them in.
 """
@@ -157,9 +159,7 @@ def bdf_segment(M, y0, t0, tout, p, sw, pidx, cols, u, rtol, atol, errcon, max_s
         delta = 1e-3 * h_abs
         xz = x0 + delta * f0
         call(M[JAC_DFDP], xz, t0 + delta, p, sw, Js, Fp)
-        _bdf_sensitivity_slopes(
-            M, Js, Fp, pidx, yi[n:].reshape((n, n_dir)), g[n:].reshape((n, n_dir))
-        )
+        _bdf_sensitivity_slopes(Js, Fp, pidx, yi, g, n, n_dir)
     for col in range(n):
         D[0, col] = yi[col]
         D[1, col] = g[col] * h_abs
@@ -174,8 +174,14 @@ def bdf_segment(M, y0, t0, tout, p, sw, pidx, cols, u, rtol, atol, errcon, max_s
     lu_valid = False
     LUs = np.empty((n, n))
     pivs = np.empty(n, dtype=np.int64)
-    S_pred = yfull[n:].reshape((n, n_dir))  # component-major blocks, 2-D views made once
-    S_slopes = g[n:].reshape((n, n_dir))
+    # where each kept sensitivity entry finds its df/dp term (flat index into Fp; -1 for
+    # the directions of initial values)
+    Fp_flat = Fp.reshape(-1)
+    fp_at = np.empty(mc - n, dtype=np.int64)
+    for j in range(mc - n):
+        i = (cols[j] - n) // n_dir
+        direction = (cols[j] - n) % n_dir
+        fp_at[j] = i * p.shape[0] + pidx[direction] if direction < pidx.shape[0] else -1
     y_predict = np.empty(mc)
     psi = np.empty(mc)
     d = np.zeros(mc)
@@ -274,22 +280,23 @@ def bdf_segment(M, y0, t0, tout, p, sw, pidx, cols, u, rtol, atol, errcon, max_s
                     J = jac_solver(M, y_predict, t_new, p, sw)
                     lu_valid = False
                     current_jac = True
-            # Staggered sensitivity corrector: (I - c J_new) d_s = c (J_new s_pred + f_p) - psi_s.
+            # Staggered sensitivity corrector, linear and solved exactly:
+            # (I - c J_new) d_s = c (J_new s_pred + f_p) - psi_s, written for s_new = s_pred
+            # + d_s as (I - c J_new) s_new = s_pred - psi_s + c f_p, which needs no J S.
             if converged and n_dir:
                 call(M[JAC_DFDP], y_new, t_new, p, sw, Js, Fp)
-                for j in range(mc - n):
-                    yfull[cols[j]] = y_predict[n + j]
-                _bdf_sensitivity_slopes(M, Js, Fp, pidx, S_pred, S_slopes)
                 if _bdf_newton_matrix(Js, c, LUs, pivs):
                     for col in range(n, m):
                         dfull[col] = 0.0
                     for j in range(mc - n):
-                        q = cols[j]
-                        dfull[q] = c * g[q] - psi[n + j]
+                        rhs_j = y_predict[n + j] - psi[n + j]
+                        if fp_at[j] >= 0:
+                            rhs_j += c * Fp_flat[fp_at[j]]
+                        dfull[cols[j]] = rhs_j
                     _bdf_lu_solve_many(LUs, pivs, dfull, n, n_dir)
                     for j in range(mc - n):
-                        d[n + j] = dfull[cols[j]]
-                        y_new[n + j] = y_predict[n + j] + d[n + j]
+                        y_new[n + j] = dfull[cols[j]]
+                        d[n + j] = y_new[n + j] - y_predict[n + j]
                 else:
                     converged = False  # I - c J(x_new) singular: as a Newton failure
             if not converged:

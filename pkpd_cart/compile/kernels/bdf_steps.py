@@ -6,7 +6,6 @@ import math
 import numpy as np
 
 from .jit import jit as _jit
-from .model_calls import J_COLS, J_ROWS, section
 
 _BDF_MAX_ORDER = 5
 _BDF_NEWTON_MAXITER = 4
@@ -150,39 +149,25 @@ def _bdf_lu_solve_many(LU, piv, b, offset, k):
             B[i, c] *= inv
 
 
-#: Below this many directions, the products J S run one direction at a time with scalar
-#: accumulators; from it on, as row operations along the directions, which LLVM vectorises
-#: (each way is 2x faster where it is used, measured for sle_cart).
-_ROW_OPERATIONS_FROM = 8
-
-
 @_jit
-def _bdf_sensitivity_slopes(M, J, Fp, pidx, S, out):
-    """out = J S + dF/dp for the (n, k) sensitivity block S (component-major: S[i, dir]).
+def _bdf_sensitivity_slopes(J, Fp, pidx, s, out, n, k):
+    """out = J S + dF/dp for the (n, k) sensitivity block S stored row-major in s[n:]
+    (component-major: S[i, dir] at n + i * k + dir), written to out[n:] likewise.
 
     Directions beyond len(pidx) are initial values (no dF/dp term). J's non-finite entries
-    are already 0 (``jac_solver``); the products run over J's structural non-zeros
-    (``section(M, J_ROWS)``, ``section(M, J_COLS)``: compressed rows).
+    are already 0 (``jac_solver``); products run along the directions, skipping J's zeros.
     """
-    rows = section(M, J_ROWS)
-    cols = section(M, J_COLS)
-    k = S.shape[1]
     npd = pidx.shape[0]
-    for i in range(S.shape[0]):
-        if k < _ROW_OPERATIONS_FROM:
-            for c in range(k):
-                acc = Fp[i, pidx[c]] if c < npd else 0.0
-                for q in range(rows[i], rows[i + 1]):
-                    acc += J[i, cols[q]] * S[cols[q], c]
-                out[i, c] = acc
-        else:
-            for c in range(k):
-                out[i, c] = Fp[i, pidx[c]] if c < npd else 0.0
-            for q in range(rows[i], rows[i + 1]):
-                j = cols[q]
-                a = J[i, j]
+    for i in range(n):
+        row_i = n + i * k
+        for c in range(k):
+            out[row_i + c] = Fp[i, pidx[c]] if c < npd else 0.0
+        for j in range(n):
+            a = J[i, j]
+            if a != 0.0:
+                row_j = n + j * k
                 for c in range(k):
-                    out[i, c] += a * S[j, c]
+                    out[row_i + c] += a * s[row_j + c]
 
 
 @_jit

@@ -18,9 +18,6 @@ TAU        switch times (ns), from ``p``         -
 TAU_DP     d tau/dp (ns, np)                     -
 ========== ===================================== ==========================================
 
-After the functions come the sizes (``N_X`` ...) and the structural non-zeros of the
-Jacobian, which the sensitivity products follow (``STRUCTURE``).
-
 Outputs must be zeroed by the caller only where noted by the generated code (they are
 fully written). The functions here allocate and return numpy arrays, for callers in Python
 and in the integrator alike.
@@ -35,19 +32,8 @@ from .mathfns import _finite_or_zero, _mul
 
 RHS, JAC, JAC_DFDP, OBS, OBS_D, X0, X0_DP, TAU, TAU_DP = range(9)
 N_X, N_P, N_OBS, N_SW = range(9, 13)
-#: Then ``M[STRUCTURE + k]``, k = 0..2: where the sections of the model's structure start
-#: in M (the last is M's length). Sections: J's structural non-zeros as compressed rows
-#: (pointers n + 1, then columns), from :func:`pkpd_cart.simulation.structure.jacobian_rows`.
-STRUCTURE = 13
-J_ROWS, J_COLS = range(2)
+TABLE_SIZE = 13
 FUNCTIONS = ("rhs", "jac", "jac_dfdp", "obs", "obs_d", "x0", "x0_dp", "tau", "tau_dp")
-
-
-@jit
-def section(M, k):
-    """Section ``k`` (``J_ROWS`` ...) of the table's structure, a view of M (a tuple in
-    pure Python)."""
-    return M[M[STRUCTURE + k] : M[STRUCTURE + k + 1]]
 
 
 @jit
