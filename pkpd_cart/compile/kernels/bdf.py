@@ -143,7 +143,8 @@ def bdf_segment(M, y0, t0, tout, p, sw, pidx, cols, u, rtol, atol, errcon, max_s
     _rhs_u(M, x0, t0, p, sw, u, f0)
     h_abs = _bdf_initial_step(M, x0, f0, t0, p, sw, u, t_bound - t0, max_step, rtol, atol)
     D = np.zeros((_BDF_MAX_ORDER + 3, mc))
-    W = np.empty((_BDF_MAX_ORDER + 3, mc))  # workspace of _bdf_change_D
+    W = np.empty((_BDF_MAX_ORDER + 3, mc))  # workspaces of _bdf_change_D
+    RW = np.empty((3, _BDF_MAX_ORDER + 1, _BDF_MAX_ORDER + 1))
     yfull = np.zeros(m)
     dfull = np.zeros(m)
     Js = np.empty((n, n))  # Jacobian and df/dp at the new state (sensitivity corrector)
@@ -199,11 +200,11 @@ def bdf_segment(M, y0, t0, tout, p, sw, pidx, cols, u, rtol, atol, errcon, max_s
             return Y, BDF_TOO_MANY_STEPS, t, n_steps
         min_step = 10 * (np.nextafter(t, np.inf) - t)
         if h_abs > max_step:
-            _bdf_change_D(D, order, max_step / h_abs, W)
+            _bdf_change_D(D, order, max_step / h_abs, W, RW)
             h_abs = max_step
             n_equal_steps = 0
         elif h_abs < min_step:
-            _bdf_change_D(D, order, min_step / h_abs, W)
+            _bdf_change_D(D, order, min_step / h_abs, W, RW)
             h_abs = min_step
             n_equal_steps = 0
         current_jac = False
@@ -217,7 +218,7 @@ def bdf_segment(M, y0, t0, tout, p, sw, pidx, cols, u, rtol, atol, errcon, max_s
             t_new = t + h_abs
             if t_new > t_bound:
                 t_new = t_bound
-                _bdf_change_D(D, order, (t_new - t) / h_abs, W)
+                _bdf_change_D(D, order, (t_new - t) / h_abs, W, RW)
                 n_equal_steps = 0
                 lu_valid = False
             h = t_new - t
@@ -301,7 +302,7 @@ def bdf_segment(M, y0, t0, tout, p, sw, pidx, cols, u, rtol, atol, errcon, max_s
                     converged = False  # I - c J(x_new) singular: as a Newton failure
             if not converged:
                 h_abs *= 0.5
-                _bdf_change_D(D, order, 0.5, W)
+                _bdf_change_D(D, order, 0.5, W, RW)
                 n_equal_steps = 0
                 lu_valid = False
                 continue
@@ -314,7 +315,7 @@ def bdf_segment(M, y0, t0, tout, p, sw, pidx, cols, u, rtol, atol, errcon, max_s
             if error_norm > 1:
                 factor = max(_BDF_MIN_FACTOR, safety * error_norm ** (-1.0 / (order + 1)))
                 h_abs *= factor
-                _bdf_change_D(D, order, factor, W)
+                _bdf_change_D(D, order, factor, W, RW)
                 n_equal_steps = 0
             else:
                 step_accepted = True
@@ -366,7 +367,7 @@ def bdf_segment(M, y0, t0, tout, p, sw, pidx, cols, u, rtol, atol, errcon, max_s
         order += best - 1
         factor = min(_BDF_MAX_FACTOR, safety * best_factor)
         h_abs *= factor
-        _bdf_change_D(D, order, factor, W)
+        _bdf_change_D(D, order, factor, W, RW)
         n_equal_steps = 0
         lu_valid = False
     return Y, BDF_SUCCESS, t, n_steps

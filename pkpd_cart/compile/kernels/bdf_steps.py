@@ -28,35 +28,40 @@ def _bdf_rms(x, scale, size):
 
 
 @_jit
-def _bdf_compute_R(order, factor):
-    """Matrix R of Shampine & Reichelt (1997) that rescales differences by ``factor``."""
-    M = np.zeros((order + 1, order + 1))
+def _bdf_compute_R(order, factor, R):
+    """Matrix R of Shampine & Reichelt (1997) that rescales differences by ``factor``,
+    into R[:order + 1, :order + 1]."""
     for j in range(order + 1):
-        M[0, j] = 1.0
+        R[0, j] = 1.0
     for i in range(1, order + 1):
+        R[i, 0] = 0.0
         for j in range(1, order + 1):
-            M[i, j] = (i - 1 - factor * j) / i
+            R[i, j] = (i - 1 - factor * j) / i
     for i in range(1, order + 1):
         for j in range(order + 1):
-            M[i, j] *= M[i - 1, j]
-    return M
+            R[i, j] *= R[i - 1, j]
 
 
 @_jit
-def _bdf_change_D(D, order, factor, W):
+def _bdf_change_D(D, order, factor, W, RW):
     """Rescale the differences D[:order + 1] to a step ``factor`` times the current one.
 
-    ``W`` is a workspace of D's shape. Loops index the 2-D arrays directly: taking row
-    views inside them costs two reference-count updates each (numba's NRT), which used to
-    dominate this function for small systems.
+    ``W`` is a workspace of D's shape, ``RW`` one of shape (3, 6, 6) for R, U and RU (no
+    allocation: this runs at every change of the step size). Loops index the arrays
+    directly: taking row views inside them costs two reference-count updates each
+    (numba's NRT), which used to dominate this function for small systems.
     """
-    R = _bdf_compute_R(order, factor)
-    U = _bdf_compute_R(order, 1.0)
-    RU = np.zeros((order + 1, order + 1))
+    R = RW[0]
+    U = RW[1]
+    RU = RW[2]
+    _bdf_compute_R(order, factor, R)
+    _bdf_compute_R(order, 1.0, U)
     for i in range(order + 1):
-        for k in range(order + 1):
-            for j in range(order + 1):
-                RU[i, j] += R[i, k] * U[k, j]
+        for j in range(order + 1):
+            acc = 0.0
+            for k in range(order + 1):
+                acc += R[i, k] * U[k, j]
+            RU[i, j] = acc
     m = D.shape[1]
     for i in range(order + 1):
         for c in range(m):
