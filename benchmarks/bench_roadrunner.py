@@ -10,9 +10,12 @@ Measured in one run at matched tolerances (rtol 1e-8, atol 1e-8 unless stated):
 (c) N one-year sle_cart patients drawn from the calibrated population (8 output times,
     rtol 1e-6): pkpd_cart serial and on 2 processes vs a libroadrunner loop;
 (d) model build time: cold (generate and JIT-compile) and cached (a new process loading
-    the cached module).
+    the cached module);
+(e) the inner problem of a population fit: 20 sle_cart patients from the calibrated
+    population (12 observation times, rtol 1e-6) in one compiled batch (``BatchRun``),
+    with sensitivities for the 3 random effects against the same batch without.
 
-Run: ``python benchmarks/bench_roadrunner.py [--patients 10000]``. Ratios are
+Run: ``python benchmarks/bench_roadrunner.py [--patients 10000] [--parts abcde]``. Ratios are
 pkpd_cart / libroadrunner time (below 1: pkpd_cart faster).
 """
 
@@ -32,6 +35,7 @@ from pkpd_cart.models.sle_cart import mackensen_doses
 
 import pkpd_cart as pk
 from pkpd_cart.simulation.population import PerKgDose, simulate_population
+from pkpd_cart.simulation.solver import BatchRun
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fits"))
@@ -193,9 +197,41 @@ def part_d():
     )
 
 
+def part_e(n: int = 20):
+    model = pk.load_model("sle_cart")
+    compiled = model.compile()
+    pop = dose_response.population()
+    times = np.array([-6.0, 7, 9, 14, 28, 60, 90, 120, 180, 240, 300, 365])
+    opts = pk.SolverOptions(rtol=1e-6, atol=1e-6)
+    sample = simulate_population(
+        model, n, times, PerKgDose(1e6, "CAR_D"), opts, population=pop, seed=2
+    )
+    rows = [row for _, row in sample.parameters.iterrows()]
+    known = [name for name in model.parameters if name in sample.parameters.columns]
+    P = np.array([model.resolve_parameters({k: float(row[k]) for k in known}) for row in rows])
+    subjects = [(times, mackensen_doses(float(row["WT"]))) for row in rows]
+    active = np.arange(n)
+    few = HANDFUL["sle_cart"]
+    plain = BatchRun(compiled, subjects, opts)
+    sens = BatchRun(compiled, subjects, opts, sensitivities=few)
+    best = {"plain": np.inf, "sens": np.inf}
+    for _ in range(15):  # interleaved: the machine's speed drifts
+        for key, batch in (("plain", plain), ("sens", sens)):
+            start = time.perf_counter()
+            status = batch.run(P, active)[2]
+            best[key] = min(best[key], time.perf_counter() - start)
+            assert not np.any(status), "a patient failed"
+    print(
+        f"(e) population inner problem, {n} sle_cart patients x {len(times)} times, rtol 1e-6, "
+        f"one batch: plain {best['plain'] * 1e3:.1f} ms, with sensitivities for "
+        f"{', '.join(few)} {best['sens'] * 1e3:.1f} ms = {best['sens'] / best['plain']:.2f}x"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--patients", type=int, default=10000)
+    parser.add_argument("--parts", default="abcde", help="which parts to run, e.g. 'be'")
     args = parser.parse_args()
     import numba
     import roadrunner
@@ -205,9 +241,14 @@ def main() -> None:
         f"pkpd_cart {pk.__version__}, numba {numba.__version__}, scipy {scipy.__version__}, "
         f"libroadrunner {roadrunner.__version__}, {os.cpu_count()} cores"
     )
-    part_a_b()
-    part_c(args.patients)
-    part_d()
+    if "a" in args.parts or "b" in args.parts:
+        part_a_b()
+    if "c" in args.parts:
+        part_c(args.patients)
+    if "d" in args.parts:
+        part_d()
+    if "e" in args.parts:
+        part_e()
 
 
 if __name__ == "__main__":
