@@ -4,6 +4,7 @@ to numba; its cache; and the integrator compiled once for all models."""
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import pytest
 import sympy as sp
@@ -12,6 +13,8 @@ from helpers import forget_compiled
 import pkpd_cart as pk
 from pkpd_cart.compile import cache, compile_model
 from pkpd_cart.compile.kernels import bdf
+from pkpd_cart.compile.kernels.jit import call
+from pkpd_cart.compile.kernels.model_calls import JAC_DFDP
 from pkpd_cart.simulation.solver import simulate
 
 FUNCTIONS = (
@@ -171,3 +174,47 @@ def test_ir_that_llvm_refuses_falls_back_to_numba_with_a_warning(fresh_cache, mo
     x, p, sw = np.array([1.0, 2.0]), np.array([0.7, 1.3, 2.5]), np.zeros(1)
     reference = compile_model(zoo_model("broken_ir_probe"), "python").rhs(x, 0.0, p, sw)
     np.testing.assert_allclose(compiled.rhs(x, 0.0, p, sw), reference, rtol=1e-13)
+
+
+@numba.njit
+def _call_jac_dfdp(M, x, p, sw, J, Fp):
+    call(M[JAC_DFDP], x, 1.0, p, sw, J, Fp)
+
+
+def jac_dfdp(compiled, x, p, sw):
+    """The generated J and df/dp of a compiled model, as the integrator calls them."""
+    n, npar = len(compiled.model.states), len(compiled.model.parameters)
+    J, Fp = np.full((n, n), np.nan), np.full((n, npar), np.nan)
+    _call_jac_dfdp(compiled.table, x, p, sw, J, Fp)
+    return J, Fp
+
+
+def test_a_variant_for_some_directions_holds_only_their_df_dp_columns(fresh_cache):
+    """compile_model(..., directions) writes df/dp for those parameters only (equal to the
+    whole model's to rounding) and zeros elsewhere; a separate cached file; its dfdp,
+    which would return those zeros, is refused, as are indices that are no parameters."""
+    model = zoo_model("zoo_directions")
+    full = compile_model(model)
+    variant = compile_model(model, directions=[2, 0])
+    assert variant.directions == (0, 2) and variant.source_path != full.source_path
+    assert "df/dp columns [0, 2]" in variant.source_path.read_text()
+    assert compile_model(model, directions=(0, 2)) is variant  # remembered
+    p = model.resolve_parameters()
+    sw = np.zeros(1)
+    for x in points(np.random.default_rng(3), 10):
+        J, Fp = jac_dfdp(full, x, p, sw)
+        Jv, Fpv = jac_dfdp(variant, x, p, sw)
+        np.testing.assert_array_equal(Jv, J)
+        np.testing.assert_allclose(Fpv[:, [0, 2]], Fp[:, [0, 2]], rtol=1e-13, atol=1e-300)
+        assert np.all(Fpv[:, 1] == 0.0) and np.any(Fp[:, 1] != 0.0)
+    with pytest.raises(pk.CompileError) as err:
+        variant.dfdp(points(np.random.default_rng(3), 1)[0], 1.0, p, np.zeros(1))
+    assert str(err.value) == (
+        "model 'zoo_directions' was compiled for the df/dp columns [0, 2] only; "
+        "use compile_model(model)"
+    )
+    with pytest.raises(pk.CompileError) as err:
+        compile_model(model, directions=[3])
+    assert str(err.value) == (
+        "model 'zoo_directions': sensitivity directions [3] are not parameter indices (0 to 2)"
+    )

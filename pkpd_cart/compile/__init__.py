@@ -18,6 +18,7 @@ import functools
 import logging
 import time
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -106,6 +107,9 @@ class CompiledModel:
         The generated file on disk (``.ll`` or ``.py``).
     module : ModuleType or SimpleNamespace
         The loaded model functions (see :data:`codegen.GENERATED`) and ``PATTERNS``.
+    directions : tuple of int or None
+        For a model compiled for sensitivities to these parameters only (see
+        :func:`compile_model`): its df/dp holds only their columns.
     table : numpy.ndarray or tuple
         The model's table for the kernels (:mod:`pkpd_cart.compile.kernels.model_calls`).
 
@@ -118,6 +122,7 @@ class CompiledModel:
     backend: str
     source_path: Path
     module: ModuleType
+    directions: tuple[int, ...] | None = None
     table: object = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -141,6 +146,11 @@ class CompiledModel:
         calls, bdf = _kernels(self.__dict__["backend"])
         table = self.__dict__["table"]
         if name in _ARRAY_CALLS:
+            if name == "dfdp" and self.__dict__["directions"] is not None:
+                raise CompileError(
+                    f"model '{self.model.name}' was compiled for the df/dp columns "
+                    f"{list(self.__dict__['directions'])} only; use compile_model(model)"
+                )
             kernel = getattr(calls, name)
 
             def call(*args, _kernel=kernel, _table=table):
@@ -165,15 +175,29 @@ class CompiledModel:
         return len(self.model.states)
 
 
-def compile_model(model: Model, backend: str | None = None) -> CompiledModel:
+def compile_model(
+    model: Model, backend: str | None = None, directions: Iterable[int] | None = None
+) -> CompiledModel:
     """Generate, cache and load the numeric functions of ``model``.
 
     The generated module is reused from memory, then from the disk cache (keyed by the
     model hash, backend and library versions), and only otherwise generated anew. The
     ``llvm`` backend falls back to ``numba`` for a model with an expression it does not
     translate (logged), with the same results.
+
+    ``directions`` (parameter indices) compiles a variant whose df/dp holds only those
+    columns, for an integrator that needs sensitivities to those parameters alone (the
+    inner problem of a population fit): every step evaluates df/dp, and the columns of
+    the other parameters can cost more than all the rest. Its ``dfdp`` is refused.
     """
     backend = backend or default_backend()
+    if directions is not None:
+        directions = tuple(sorted({int(q) for q in directions}))
+        if not all(0 <= q < len(model.parameters) for q in directions):
+            raise CompileError(
+                f"model '{model.name}': sensitivity directions {list(directions)} are not "
+                f"parameter indices (0 to {len(model.parameters) - 1})"
+            )
     if backend not in BACKENDS:
         raise CompileError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend in ("llvm", "numba") and not numba_available():
@@ -181,49 +205,54 @@ def compile_model(model: Model, backend: str | None = None) -> CompiledModel:
             f"backend {backend!r} requested but numba is not installed "
             "(pip install 'pkpd_cart[fast]')"
         )
-    known = cache.compiled_for(model, backend)
+    variant = backend if directions is None else f"{backend}|dfdp{list(directions)}"
+    known = cache.compiled_for(model, variant)
     if known is not None:
         return known
     if backend == "llvm":
         from pkpd_cart.compile import native
 
+        def generate_ir(model: Model, header: str) -> str:
+            return native.generate_ir(model, header, directions)
+
         try:
-            compiled = _build(model, backend, ".ll", "; ", native.generate_ir, native.load_ir)
+            compiled = _build(model, backend, ".ll", "; ", generate_ir, native.load_ir, directions)
         except native.UnsupportedExpressionError as exc:
             log.info("model '%s': %s; compiled with numba instead", model.name, exc)
-            compiled = compile_model(model, "numba")
+            compiled = compile_model(model, "numba", directions)
         except CompileError as exc:  # LLVM refused the IR: a writer bug, never the user's
             warnings.warn(
                 f"{exc}; compiled with numba instead (please report this model)",
                 BackendWarning,
                 stacklevel=2,
             )
-            compiled = compile_model(model, "numba")
+            compiled = compile_model(model, "numba", directions)
     else:
 
         def generate_py(model: Model, header: str) -> str:
-            return generate_source(model, header, use_numba=(backend == "numba"))
+            return generate_source(model, header, backend == "numba", directions)
 
         def load_py(text: None, model: Model, path: Path, key: str) -> ModuleType:
             return cache.load_module(path, key)
 
-        compiled = _build(model, backend, ".py", "# ", generate_py, load_py)
-    cache.remember(model, backend, compiled)
+        compiled = _build(model, backend, ".py", "# ", generate_py, load_py, directions)
+    cache.remember(model, variant, compiled)
     return compiled
 
 
 def _build(
-    model: Model, backend: str, suffix: str, comment: str, generate_text, load
+    model: Model, backend: str, suffix: str, comment: str, generate_text, load, directions=None
 ) -> CompiledModel:
     """Generate (or reuse from the disk cache) the model's file and load it."""
-    key = cache.cache_key(model.hash, backend)
+    variant = "" if directions is None else f"|df/dp columns {list(directions)}"
+    key = cache.cache_key(model.hash + variant, backend)
     path = cache.module_path(model.name, key, suffix)
     trailer = cache.trailer(comment)
     module = cache.loaded(key)
     if module is None:
         header = (
             f"{comment}Generated by pkpd_cart for model '{model.name}'. Do not edit.\n"
-            f"{comment}model hash: {model.hash}\n{comment}{cache.versions(backend)}"
+            f"{comment}model hash: {model.hash}{variant}\n{comment}{cache.versions(backend)}"
         )
 
         def generate() -> None:
@@ -261,4 +290,4 @@ def _build(
                     f"model '{model.name}': the generated module {path} does not load: "
                     f"{type(again).__name__}: {again}"
                 ) from again
-    return CompiledModel(model, backend, path, module)
+    return CompiledModel(model, backend, path, module, directions)

@@ -16,6 +16,7 @@ integrator and everything model-independent live in :mod:`pkpd_cart.compile.kern
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import textwrap
 from dataclasses import dataclass
@@ -220,11 +221,18 @@ def _cse_block(name, doc, inputs, outputs, entries, finite_in=()) -> Block:
     return Block(name, doc, inputs, tuple(outputs), tuple(reps), stores)
 
 
-def lower(model: Model) -> tuple[_Symbols, list[Block], dict[str, list[list[int]]]]:
+def lower(
+    model: Model, directions: tuple[int, ...] | None = None
+) -> tuple[_Symbols, list[Block], dict[str, list[list[int]]]]:
     """The model's generated functions as :class:`Block` s, in :data:`GENERATED` order,
-    and the structural non-zeros of its derivatives (:func:`patterns`)."""
-    syms = _Symbols(model)
-    d = derive(model, syms)
+    and the structural non-zeros of its derivatives (:func:`patterns`).
+
+    ``directions`` (parameter indices) restricts ``jac_dfdp`` to those columns of df/dp
+    (the others are written as 0): the integrator needs no more for sensitivities to
+    those parameters, and the columns of, say, Hill exponents cost logarithms and powers
+    at every step. Everything else, the patterns included, is that of the whole model.
+    """
+    syms, d = _derived(model)
     n, npar, no, ns = (
         len(model.states),
         len(model.parameters),
@@ -244,7 +252,8 @@ def lower(model: Model) -> tuple[_Symbols, list[Block], dict[str, list[list[int]
         "jac_dfdp": (
             "yps",
             [("out", (n, n)), ("out2", (n, npar))],
-            mat("out", d.J) + mat("out2", d.dfdp),
+            mat("out", d.J)
+            + [e for e in mat("out2", d.dfdp) if directions is None or e[1][1] in directions],
             ("out",),
         ),
         "obs": ("yps", [("out", (no,))], vec("out", d.h), ()),
@@ -326,6 +335,14 @@ def _without_step_derivatives(e: sp.Expr) -> sp.Expr:
     return e.replace(_is_step_derivative, lambda _: sp.Integer(0))
 
 
+@functools.lru_cache(maxsize=4)
+def _derived(model: Model) -> tuple[_Symbols, Derivatives]:
+    """The model's symbols and derivatives, kept for the next lowering of the same model
+    (a model compiled for a set of sensitivity directions needs them again)."""
+    syms = _Symbols(model)
+    return syms, derive(model, syms)
+
+
 def derive(model: Model, syms: _Symbols) -> Derivatives:
     """Symbolic right-hand side, Jacobians and parameter derivatives of ``model``."""
     rhs = model.rhs(expand=True)
@@ -350,9 +367,12 @@ def derive(model: Model, syms: _Symbols) -> Derivatives:
     )
 
 
-def generate_source(model: Model, header: str, use_numba: bool) -> str:
-    """The full text of the generated module for ``model`` (numba or pure Python)."""
-    syms, blocks, structure = lower(model)
+def generate_source(
+    model: Model, header: str, use_numba: bool, directions: tuple[int, ...] | None = None
+) -> str:
+    """The full text of the generated module for ``model`` (numba or pure Python);
+    ``directions`` as in :func:`lower`."""
+    syms, blocks, structure = lower(model, directions)
     n, npar, no, ns = (
         len(model.states),
         len(model.parameters),

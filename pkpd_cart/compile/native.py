@@ -272,10 +272,10 @@ def _size(shape) -> int:
     return size
 
 
-def generate_ir(model, header: str) -> str:
+def generate_ir(model, header: str, directions: tuple[int, ...] | None = None) -> str:
     """The LLVM IR text of the model's functions after ``header`` (IR comments, ``;``);
-    raises :class:`UnsupportedExpressionError`."""
-    syms, blocks, structure = lower(model)
+    ``directions`` as in :func:`codegen.lower`. Raises :class:`UnsupportedExpressionError`."""
+    syms, blocks, structure = lower(model, directions)
     module = ir.Module(name=model.name)
     for block in blocks:
         _emit_function(module, block, syms)

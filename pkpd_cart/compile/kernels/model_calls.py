@@ -18,6 +18,9 @@ TAU        switch times (ns), from ``p``         -
 TAU_DP     d tau/dp (ns, np)                     -
 ========== ===================================== ==========================================
 
+A model compiled for some sensitivity directions only (``compile_model(..., directions)``)
+writes df/dp for those parameters and zeros elsewhere.
+
 Outputs must be zeroed by the caller only where noted by the generated code (they are
 fully written). The functions here allocate and return numpy arrays, for callers in Python
 and in the integrator alike.
