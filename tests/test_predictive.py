@@ -9,7 +9,7 @@ import pytest
 
 import pkpd_cart as pk
 from pkpd_cart.errors import InputError
-from pkpd_cart.estimation.predictive import npde, simulate_design, vpc
+from pkpd_cart.estimation.predictive import Replicates, npde, simulate_design, vpc
 from pkpd_cart.model.population_model import PopulationModel
 
 TIMES = [0.5, 1.0, 2.0, 4.0, 8.0, 12.0, 24.0]
@@ -80,3 +80,25 @@ def test_vpc_plot_and_bad_requests(replicates, tmp_path):
         vpc(replicates, "X")
     with pytest.raises(InputError, match="n must be >= 2"):
         simulate_design(population(), design(), n=1)
+
+
+def test_pcvpc_corrects_a_record_predicted_zero_to_zero():
+    """Bergstrand's correction y * median(PRED) / PRED is 0/0 for a record predicted 0
+    (a cell count before its infusion); such records are corrected to 0, as tidyvpc does,
+    and the bin's percentiles stay finite."""
+    rng = np.random.default_rng(0)
+    n_rec = 40
+    time = np.repeat(np.arange(4.0), 10)
+    pred = np.where(time == 0, 0.0, 10.0 * time)
+    observed = np.where(time == 0, 0.0, pred * np.exp(rng.normal(0, 0.1, n_rec)))
+    simulated = np.where(time == 0, 0.0, pred * np.exp(rng.normal(0, 0.1, (50, n_rec))))
+    reps = Replicates(
+        simulated, np.arange(n_rec) % 10, time, np.full(n_rec, "C"), observed,
+        np.zeros(n_rec, dtype=bool), np.full(n_rec, np.nan), pred,
+    )  # fmt: skip
+    pc = vpc(reps, "C", bins=np.array([-0.5, 0.5, 1.5, 2.5, 3.5]), prediction_corrected=True)
+    assert np.all(pc.observed[0] == 0.0) and np.all(pc.simulated[0] == 0.0)
+    assert np.all(np.isfinite(pc.observed)) and np.all(np.isfinite(pc.simulated))
+    # elsewhere the correction divides by the (single) prediction of the bin: unchanged
+    plain = vpc(reps, "C", bins=np.array([-0.5, 0.5, 1.5, 2.5, 3.5]))
+    np.testing.assert_allclose(pc.observed[1:], plain.observed[1:], rtol=1e-12)

@@ -197,7 +197,14 @@ def vpc(
         for b in range(len(edges) - 1):
             inbin = which == b
             if inbin.any():
-                factor = np.median(pred[inbin]) / pred[inbin]
+                # a record predicted exactly 0 (CAR-T cells before the infusion) is
+                # corrected to 0, as tidyvpc does, rather than to nan by 0/0
+                factor = np.divide(
+                    np.median(pred[inbin]),
+                    pred[inbin],
+                    out=np.zeros(int(inbin.sum())),
+                    where=pred[inbin] != 0,
+                )
                 obs[inbin] *= factor
                 sims[:, inbin] *= factor
     alpha = (100 - interval) / 2
