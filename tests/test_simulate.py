@@ -146,3 +146,26 @@ def test_solver_options_take_fixed_types_so_the_integrator_compiles_once():
         float,
     )
     assert o.max_steps == 100_000 and o.atol == pytest.approx(1e-6)
+
+
+def test_a_non_finite_output_is_refused_and_a_large_one_is_not(onecmt, monkeypatch):
+    """The output block of a segment is screened by its sum (one pass): a nan in a
+    sensitivity column is reported at its output time; finite values whose sum overflows
+    are not mistaken for a failure."""
+    from pkpd_cart.simulation import solver
+
+    grid = np.array([0.0, 1.0, 2.0])
+    run = solver._Integrator(
+        onecmt.compile(), onecmt.resolve_parameters(), pk.SolverOptions(),
+        np.array([0]), 1, np.zeros(0, np.int64),
+    )  # fmt: skip
+    y0 = np.array([1.0, 0.0])
+    block = np.ones((3, 2))
+    block[2, 1] = np.nan
+    monkeypatch.setattr(solver._Integrator, "_bdf", lambda self, *args: block)
+    with pytest.raises(pk.SimulationError) as err:
+        run.segment(y0, grid, np.zeros(0), np.zeros(1))
+    assert err.value.time == 2.0 and err.value.reason == "non-finite state values"
+    large = np.full((3, 2), 1e308)
+    monkeypatch.setattr(solver._Integrator, "_bdf", lambda self, *args: large)
+    assert run.segment(y0, grid, np.zeros(0), np.zeros(1)) is large

@@ -389,7 +389,10 @@ class _Integrator:
                 grid[0], f"{type(exc).__name__} in the model equations: {exc}"
             ) from None
         # a nan or infinity makes the sum non-finite: one cheap pass screens the block
-        if not np.isfinite(Y.sum()) and not np.all(np.isfinite(Y)):
+        # (a sum of large finite values may overflow: then every entry is checked)
+        with np.errstate(over="ignore", invalid="ignore"):
+            total = Y.sum()
+        if not np.isfinite(total) and not np.all(np.isfinite(Y)):
             bad = int(np.argmax(~np.all(np.isfinite(Y), axis=1)))
             raise self.fail(grid[bad], "non-finite state values")
         return Y
