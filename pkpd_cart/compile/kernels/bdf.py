@@ -149,7 +149,7 @@ def bdf_segment(M, y0, t0, tout, p, sw, pidx, cols, u, rtol, atol, errcon, max_s
     dfull = np.zeros(m)
     Js = np.empty((n, n))  # Jacobian and df/dp at the new state (sensitivity corrector)
     Fp = np.empty((n, p.shape[0]))
-    g = np.empty(m)  # sensitivity slopes J S + dF/dp (internal layout, from index n)
+    g = np.empty(m)  # slopes at t0: f, then J S + dF/dp (internal layout, from index n)
     for i in range(n):
         g[i] = f0[i]
     if n_dir:
