@@ -25,12 +25,16 @@ from pathlib import Path
 import sympy as sp
 from sympy.printing.pycode import PythonCodePrinter
 
+from pkpd_cart.compile.sparse_lu import lu_program, python_source
 from pkpd_cart.model.modelling import Model, t
 
 # Part of the cache key: a changed generator (these files) or kernel (the table layout,
 # the helpers generated code calls) never reuses a stale module.
 CODEGEN_VERSION = hashlib.sha256(
-    b"".join((Path(__file__).parent / name).read_bytes() for name in ("codegen.py", "native.py"))
+    b"".join(
+        (Path(__file__).parent / name).read_bytes()
+        for name in ("codegen.py", "native.py", "sparse_lu.py")
+    )
     + b"".join(p.read_bytes() for p in sorted((Path(__file__).parent / "kernels").glob("*.py")))
 ).hexdigest()[:16]
 
@@ -54,6 +58,9 @@ GENERATED = (
     GeneratedFunction("x0_dp", "dx0/dp into out (n, np), from p"),
     GeneratedFunction("tau", "switch times into out (ns), from p"),
     GeneratedFunction("tau_dp", "d(switch time)/dp into out (ns, np), from p"),
+    # written from the Jacobian's structure, not from expressions (see sparse_lu)
+    GeneratedFunction("lu", "LU of I - c J: factors into out, accepted (1.0) into out2[0]"),
+    GeneratedFunction("lu_solve", "solve with the factors in x for out[0], out[s], ..."),
 )
 
 
@@ -268,7 +275,7 @@ def lower(
         "tau": ("p", [("out", (ns,))], vec("out", d.tau), ()),
         "tau_dp": ("p", [("out", (ns, npar))], mat("out", d.dtaudp), ()),
     }
-    blocks = [_cse_block(g.name, g.doc, *spec[g.name]) for g in GENERATED]
+    blocks = [_cse_block(g.name, g.doc, *spec[g.name]) for g in GENERATED if g.name in spec]
     return syms, blocks, patterns(d)
 
 
@@ -381,6 +388,7 @@ def generate_source(
     )
     sizes = {"y": (n,), "p": (npar,), "sw": (ns,)}
     funcs = [_python_function(b, syms, sizes) for b in blocks]
+    funcs.append(python_source(lu_program(n, structure["J"])))
     if use_numba:
         backend = (
             "from numba import carray as _arr, cfunc\n\n"

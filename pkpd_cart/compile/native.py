@@ -25,6 +25,7 @@ from types import SimpleNamespace
 import sympy as sp
 from llvmlite import ir
 
+from pkpd_cart.compile import sparse_lu
 from pkpd_cart.compile.codegen import GENERATED, Block, FPow, FPowLog, _Symbols, lower
 from pkpd_cart.model.modelling import t as time_symbol
 
@@ -279,6 +280,8 @@ def generate_ir(model, header: str, directions: tuple[int, ...] | None = None) -
     module = ir.Module(name=model.name)
     for block in blocks:
         _emit_function(module, block, syms)
+    program = sparse_lu.lu_program(len(model.states), structure["J"])
+    sparse_lu.emit_ir(module, program, FUNCTION_TYPE)
     return f"{header}\n{PATTERNS_TAG}{json.dumps(structure)}\n{module}"
 
 

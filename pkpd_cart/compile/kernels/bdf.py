@@ -48,6 +48,8 @@ from .bdf_steps import (
 from .jit import call, jit
 from .model_calls import (
     JAC_DFDP,
+    LU_FACTOR,
+    LU_SOLVE,
     N_X,
     RHS,
     initial,
@@ -73,6 +75,34 @@ def _rhs_u(M, x, t, p, sw, u, out):
     call(M[RHS], x, t, p, sw, out, out)
     for i in range(out.shape[0]):
         out[i] += u[i]
+
+
+@jit
+def _factor(M, J, c, p, sw, A, LU, piv, info):
+    """Factorise I - c J. First the model's own sparse LU with static pivots (into ``A``;
+    see :mod:`pkpd_cart.compile.sparse_lu`); if a pivot fails its check, the dense LU
+    with partial pivoting (into ``LU``, ``piv``). Returns ``(factorised, sparse)``."""
+    call(M[LU_FACTOR], J, c, p, sw, A, info)
+    if info[0] == 1.0:
+        return True, True
+    return _bdf_newton_matrix(J, c, LU, piv), False
+
+
+@jit
+def _solve(M, sparse, A, LU, piv, b, offset, k, p, sw):
+    """Solve with the factors of :func:`_factor` for the k right-hand sides stored
+    component-major in b[offset:offset + n k], in place."""
+    if not sparse:
+        if k == 1:
+            _bdf_lu_solve(LU, piv, b, offset)
+        else:
+            _bdf_lu_solve_many(LU, piv, b, offset, k)
+        return
+    if k == 1 and offset == 0:  # the states' Newton solve: no view to make
+        call(M[LU_SOLVE], A, 1.0, p, sw, b, b)
+        return
+    for col in range(k):
+        call(M[LU_SOLVE], A, float(k), p, sw, b[offset + col :], b)
 
 
 @jit
@@ -170,11 +200,16 @@ def bdf_segment(M, y0, t0, tout, p, sw, pidx, cols, u, rtol, atol, errcon, max_s
     order = 1
     n_equal_steps = 0
     J = jac_solver(M, x0, t0, p, sw)
+    # the factors of I - c J: the model's sparse LU (A) or the dense fallback (LU, piv)
+    A = np.empty(n * n)
     LU = np.empty((n, n))
     piv = np.empty(n, dtype=np.int64)
     lu_valid = False
+    lu_sparse = False
+    As = np.empty(n * n)
     LUs = np.empty((n, n))
     pivs = np.empty(n, dtype=np.int64)
+    info = np.empty(1)
     # where each kept sensitivity entry finds its df/dp term (flat index into Fp; -1 for
     # the directions of initial values)
     Fp_flat = Fp.reshape(-1)
@@ -240,7 +275,7 @@ def bdf_segment(M, y0, t0, tout, p, sw, pidx, cols, u, rtol, atol, errcon, max_s
             converged = False
             while not converged:
                 if not lu_valid:
-                    lu_valid = _bdf_newton_matrix(J, c, LU, piv)
+                    lu_valid, lu_sparse = _factor(M, J, c, p, sw, A, LU, piv, info)
                     if not lu_valid:
                         break
                 converged = False
@@ -260,7 +295,7 @@ def bdf_segment(M, y0, t0, tout, p, sw, pidx, cols, u, rtol, atol, errcon, max_s
                         break
                     for i in range(n):
                         dy[i] = c * f[i] - psi[i] - d[i]
-                    _bdf_lu_solve(LU, piv, dy, 0)
+                    _solve(M, lu_sparse, A, LU, piv, dy, 0, 1, p, sw)
                     dy_norm = _bdf_rms(dy, scale, n)
                     rate = -1.0 if dy_norm_old < 0 else dy_norm / dy_norm_old
                     if rate >= 0 and (
@@ -286,7 +321,8 @@ def bdf_segment(M, y0, t0, tout, p, sw, pidx, cols, u, rtol, atol, errcon, max_s
             # + d_s as (I - c J_new) s_new = s_pred - psi_s + c f_p, which needs no J S.
             if converged and n_dir:
                 call(M[JAC_DFDP], y_new, t_new, p, sw, Js, Fp)
-                if _bdf_newton_matrix(Js, c, LUs, pivs):
+                factorised, sparse_s = _factor(M, Js, c, p, sw, As, LUs, pivs, info)
+                if factorised:
                     for col in range(n, m):
                         dfull[col] = 0.0
                     for j in range(mc - n):
@@ -294,7 +330,7 @@ def bdf_segment(M, y0, t0, tout, p, sw, pidx, cols, u, rtol, atol, errcon, max_s
                         if fp_at[j] >= 0:
                             rhs_j += c * Fp_flat[fp_at[j]]
                         dfull[cols[j]] = rhs_j
-                    _bdf_lu_solve_many(LUs, pivs, dfull, n, n_dir)
+                    _solve(M, sparse_s, As, LUs, pivs, dfull, n, n_dir, p, sw)
                     for j in range(mc - n):
                         y_new[n + j] = dfull[cols[j]]
                         d[n + j] = y_new[n + j] - y_predict[n + j]

@@ -16,6 +16,9 @@ X0         initial states (n), from ``p``        -
 X0_DP      dx0/dp (n, np)                        -
 TAU        switch times (ns), from ``p``         -
 TAU_DP     d tau/dp (ns, np)                     -
+LU_FACTOR  factors of I - c J (x = J, t = c)     1.0 if its static pivots passed, else 0.0
+LU_SOLVE   solves for out[0], out[s], ... in     -
+           place (x = factors, t = s)
 ========== ===================================== ==========================================
 
 A model compiled for some sensitivity directions only (``compile_model(..., directions)``)
@@ -33,10 +36,12 @@ import numpy as np
 from .jit import call, jit
 from .mathfns import _finite_or_zero, _mul
 
-RHS, JAC, JAC_DFDP, OBS, OBS_D, X0, X0_DP, TAU, TAU_DP = range(9)
-N_X, N_P, N_OBS, N_SW = range(9, 13)
-TABLE_SIZE = 13
-FUNCTIONS = ("rhs", "jac", "jac_dfdp", "obs", "obs_d", "x0", "x0_dp", "tau", "tau_dp")
+RHS, JAC, JAC_DFDP, OBS, OBS_D, X0, X0_DP, TAU, TAU_DP, LU_FACTOR, LU_SOLVE = range(11)
+N_X, N_P, N_OBS, N_SW = range(11, 15)
+TABLE_SIZE = 15
+FUNCTIONS = (
+    "rhs", "jac", "jac_dfdp", "obs", "obs_d", "x0", "x0_dp", "tau", "tau_dp", "lu", "lu_solve"
+)  # fmt: skip
 
 
 @jit
