@@ -121,7 +121,8 @@ def python_source(program: LuProgram) -> str:
     lu = ['"""LU of I - c J (c = t), static pivots: factors into out, 1.0/0.0 into out2[0]"""']
     lu += [f"J = _arr(y_, ({n * n},))", f"A = _arr(out_, ({n * n},))", "info = _arr(out2_, (1,))"]
     solve = ['"""solve in place for out[0], out[s], ... (s = t) with the factors in y_"""']
-    solve += ["s = int(t)", f"A = _arr(y_, ({n * n},))", f"b = _arr(out_, ({max(n - 1, 0)} * s + 1,))"]
+    last = max(n - 1, 0)  # b's last index is last * s
+    solve += ["s = int(t)", f"A = _arr(y_, ({n * n},))", f"b = _arr(out_, ({last} * s + 1,))"]
     if not program.written_out:
         lu += ["info[0] = 0.0"]
         solve += ["pass"]
