@@ -68,6 +68,7 @@ def test_generated_lu_and_solve_equal_numpy(backend, name):
     pattern = np.zeros((n, n), dtype=bool)
     for i, j in c.PATTERNS["J"]:
         pattern[i, j] = True
+    accepted = 0
     for step in (1e-3, 0.3, 30.0):
         J = np.where(pattern, rng.normal(size=(n, n)), 0.0)
         J[np.diag_indices(n)] = -np.abs(J[np.diag_indices(n)]) - 1.0  # decaying states
@@ -77,12 +78,23 @@ def test_generated_lu_and_solve_equal_numpy(backend, name):
         rhs = rng.normal(size=(n, 3))
         if info[0] == 0.0:  # a pivot failed the check: the integrator falls back
             continue
+        accepted += 1
+        expected = np.linalg.solve(reference, rhs)
         for col in range(3):
             block = np.ascontiguousarray(rhs)  # component-major, stride 3, as in the kernel
             flat = block.reshape(-1)[col:].copy()
             generated(c, "lu_solve", A, 3.0, flat, flat)
-            got = flat[::3][:n]
-            np.testing.assert_allclose(got, np.linalg.solve(reference, rhs[:, col]), rtol=1e-10)
+            np.testing.assert_allclose(flat[::3][:n], expected[:, col], rtol=1e-10)
+        # four adjacent directions at once, from the second of six
+        wide = rng.normal(size=(n, 6))
+        flat = wide.reshape(-1)[1:].copy()
+        generated(c, "lu_solve4", A, 6.0, flat, flat)
+        got = np.concatenate(([0.0], flat)).reshape(n, 6)
+        np.testing.assert_allclose(
+            got[:, 1:5], np.linalg.solve(reference, wide[:, 1:5]), rtol=1e-10
+        )
+        np.testing.assert_array_equal(got[:-1, 5], wide[:-1, 5])  # its neighbours untouched
+    assert accepted >= 2
 
 
 def overdamped() -> pk.Model:

@@ -61,6 +61,7 @@ GENERATED = (
     # written from the Jacobian's structure, not from expressions (see sparse_lu)
     GeneratedFunction("lu", "LU of I - c J: factors into out, accepted (1.0) into out2[0]"),
     GeneratedFunction("lu_solve", "solve with the factors in x for out[0], out[s], ..."),
+    GeneratedFunction("lu_solve4", "the same for 4 adjacent right-hand sides at once"),
 )
 
 

@@ -23,6 +23,8 @@ with partial pivoting for that matrix.
 - ``lu_solve``: ``x`` holds the factors, ``t`` the stride s; solves in place for the
   vector ``out[0], out[s], ..., out[(n - 1) s]`` (model order), so that one direction of
   the integrator's component-major sensitivity block is solved where it lies.
+- ``lu_solve4``: the same for the ``SOLVE_WIDTH`` adjacent vectors ``out[c], out[s + c],
+  ...`` (c < 4), in vector registers: four sensitivity directions at once.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ import numpy as np
 #: KLU's default pivot tolerance: a diagonal pivot is kept if it is at least this fraction
 #: of the largest entry in its column (below it).
 PIVOT_TOLERANCE = 1e-3
+#: ``lu_solve4`` solves this many adjacent right-hand sides at once (vector registers).
+SOLVE_WIDTH = 4
 #: Above this many multiply-adds the program is not written out (a large, dense model);
 #: its ``lu`` always reports failure and the dense LU is used.
 MAX_OPERATIONS = 20000
@@ -115,17 +119,21 @@ def lu_program(n: int, jacobian_pattern) -> LuProgram:
 
 
 def python_source(program: LuProgram) -> str:
-    """The text of ``lu`` and ``lu_solve`` for a generated Python module (its ``_model``
-    decorator and ``_arr`` helper; ``math`` imported)."""
+    """The text of ``lu``, ``lu_solve`` and ``lu_solve4`` for a generated Python module
+    (its ``_model`` decorator and ``_arr`` helper; ``math`` imported)."""
     n = program.n
     lu = ['"""LU of I - c J (c = t), static pivots: factors into out, 1.0/0.0 into out2[0]"""']
     lu += [f"J = _arr(y_, ({n * n},))", f"A = _arr(out_, ({n * n},))", "info = _arr(out2_, (1,))"]
+    last = max(n - 1, 0)  # b's last index is last * s (+ the width - 1)
     solve = ['"""solve in place for out[0], out[s], ... (s = t) with the factors in y_"""']
-    last = max(n - 1, 0)  # b's last index is last * s
     solve += ["s = int(t)", f"A = _arr(y_, ({n * n},))", f"b = _arr(out_, ({last} * s + 1,))"]
+    solve4 = [f'"""the same for {SOLVE_WIDTH} adjacent right-hand sides out[i s + c]"""']
+    solve4 += ["s = int(t)", f"A = _arr(y_, ({n * n},))"]
+    solve4 += [f"b = _arr(out_, ({last} * s + {SOLVE_WIDTH},))", f"for c in range({SOLVE_WIDTH}):"]
     if not program.written_out:
         lu += ["info[0] = 0.0"]
         solve += ["pass"]
+        solve4 += ["    pass"]
     else:
         order = program.order
         for i, j in program.factors:
@@ -149,14 +157,16 @@ def python_source(program: LuProgram) -> str:
         lu.append("info[0] = 1.0 if ok else 0.0")
         lower = {i: [j for (r, j) in program.factors if r == i and j < i] for i in range(n)}
         upper = {i: [j for (r, j) in program.factors if r == i and j > i] for i in range(n)}
-        solve += [f"w{i} = b[{order[i]} * s]" for i in range(n)]
+        steps = [f"w{i} = b[{order[i]} * s + c]" for i in range(n)]
         for i in range(n):
-            solve += [f"w{i} = w{i} - A[{i * n + j}] * w{j}" for j in lower[i]]
+            steps += [f"w{i} = w{i} - A[{i * n + j}] * w{j}" for j in lower[i]]
         for i in range(n - 1, -1, -1):
-            solve += [f"w{i} = w{i} - A[{i * n + j}] * w{j}" for j in upper[i]]
-            solve.append(f"w{i} = w{i} / A[{i * n + i}]")
-        solve += [f"b[{order[i]} * s] = w{i}" for i in range(n)]
-    body = {"lu": lu, "lu_solve": solve}
+            steps += [f"w{i} = w{i} - A[{i * n + j}] * w{j}" for j in upper[i]]
+            steps.append(f"w{i} = w{i} / A[{i * n + i}]")
+        steps += [f"b[{order[i]} * s + c] = w{i}" for i in range(n)]
+        solve += ["c = 0"] + steps
+        solve4 += ["    " + line for line in steps]
+    body = {"lu": lu, "lu_solve": solve, "lu_solve4": solve4}
     return "\n\n".join(
         f"@_model\ndef {name}(y_, t, p_, sw_, out_, out2_):\n"
         + "\n".join("    " + line for line in lines)
@@ -166,7 +176,7 @@ def python_source(program: LuProgram) -> str:
 
 
 def emit_ir(module, program: LuProgram, function_type) -> None:
-    """Add ``lu`` and ``lu_solve`` to the llvmlite ``module`` (signature
+    """Add ``lu``, ``lu_solve`` and ``lu_solve4`` to the llvmlite ``module`` (signature
     ``function_type``, the common one of the generated functions)."""
     from llvmlite import ir
 
@@ -217,7 +227,20 @@ def emit_ir(module, program: LuProgram, function_type) -> None:
         b.store(b.select(ok, one, zero), at(b, info, 0))
         b.ret_void()
 
-    fn = ir.Function(module, function_type, "lu_solve")
+    _emit_solve(module, program, function_type, "lu_solve", 1)
+    _emit_solve(module, program, function_type, "lu_solve4", SOLVE_WIDTH)
+
+
+def _emit_solve(module, program: LuProgram, function_type, name: str, width: int) -> None:
+    """``name``: the solve for ``width`` adjacent right-hand sides (vector registers of
+    ``width`` doubles when width > 1): entries ``out[i s + c]``, c < width."""
+    from llvmlite import ir
+
+    double = ir.DoubleType()
+    i64 = ir.IntType(64)
+    n = program.n
+    lane = ir.VectorType(double, width) if width > 1 else double
+    fn = ir.Function(module, function_type, name)
     fn.attributes.add("nounwind")
     A, t, _, _, vec, _ = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
@@ -226,13 +249,18 @@ def emit_ir(module, program: LuProgram, function_type) -> None:
         order = program.order
 
         def slot(state):
-            return at(b, vec, b.mul(stride, ir.Constant(i64, state)))
-
-        w = [b.load(slot(order[i])) for i in range(n)]
+            pointer = b.gep(vec, [b.mul(stride, ir.Constant(i64, state))])
+            return b.bitcast(pointer, lane.as_pointer()) if width > 1 else pointer
 
         def factor(i, j):
-            return b.load(at(b, A, i * n + j))
+            value = b.load(b.gep(A, [ir.Constant(i64, i * n + j)]))
+            if width == 1:
+                return value
+            one_lane = b.insert_element(ir.Constant(lane, None), value, ir.Constant(i64, 0))
+            mask = ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width)
+            return b.shuffle_vector(one_lane, ir.Constant(lane, None), mask)
 
+        w = [b.load(slot(order[i]), align=8) for i in range(n)]
         factors = set(program.factors)
         for i in range(n):
             for j in range(i):
@@ -244,5 +272,5 @@ def emit_ir(module, program: LuProgram, function_type) -> None:
                     w[i] = b.fsub(w[i], b.fmul(factor(i, j), w[j]))
             w[i] = b.fdiv(w[i], factor(i, i))
         for i in range(n):
-            b.store(w[i], slot(order[i]))
+            b.store(w[i], slot(order[i]), align=8)
     b.ret_void()

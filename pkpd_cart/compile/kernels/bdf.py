@@ -50,6 +50,7 @@ from .model_calls import (
     JAC_DFDP,
     LU_FACTOR,
     LU_SOLVE,
+    LU_SOLVE4,
     N_X,
     RHS,
     initial,
@@ -101,8 +102,13 @@ def _solve(M, sparse, A, LU, piv, b, offset, k, p, sw):
     if k == 1 and offset == 0:  # the states' Newton solve: no view to make
         call(M[LU_SOLVE], A, 1.0, p, sw, b, b)
         return
-    for col in range(k):
+    col = 0
+    while col + 4 <= k:  # four directions at once (vector registers)
+        call(M[LU_SOLVE4], A, float(k), p, sw, b[offset + col :], b)
+        col += 4
+    while col < k:
         call(M[LU_SOLVE], A, float(k), p, sw, b[offset + col :], b)
+        col += 1
 
 
 @jit

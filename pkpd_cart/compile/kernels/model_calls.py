@@ -19,6 +19,8 @@ TAU_DP     d tau/dp (ns, np)                     -
 LU_FACTOR  factors of I - c J (x = J, t = c)     1.0 if its static pivots passed, else 0.0
 LU_SOLVE   solves for out[0], out[s], ... in     -
            place (x = factors, t = s)
+LU_SOLVE4  the same for out[c], out[s + c], ...,  -
+           c < 4, in vector registers
 ========== ===================================== ==========================================
 
 A model compiled for some sensitivity directions only (``compile_model(..., directions)``)
@@ -36,11 +38,12 @@ import numpy as np
 from .jit import call, jit
 from .mathfns import _finite_or_zero, _mul
 
-RHS, JAC, JAC_DFDP, OBS, OBS_D, X0, X0_DP, TAU, TAU_DP, LU_FACTOR, LU_SOLVE = range(11)
-N_X, N_P, N_OBS, N_SW = range(11, 15)
-TABLE_SIZE = 15
+RHS, JAC, JAC_DFDP, OBS, OBS_D, X0, X0_DP, TAU, TAU_DP, LU_FACTOR, LU_SOLVE, LU_SOLVE4 = range(12)
+N_X, N_P, N_OBS, N_SW = range(12, 16)
+TABLE_SIZE = 16
 FUNCTIONS = (
-    "rhs", "jac", "jac_dfdp", "obs", "obs_d", "x0", "x0_dp", "tau", "tau_dp", "lu", "lu_solve"
+    "rhs", "jac", "jac_dfdp", "obs", "obs_d", "x0", "x0_dp", "tau", "tau_dp",
+    "lu", "lu_solve", "lu_solve4",
 )  # fmt: skip
 
 
