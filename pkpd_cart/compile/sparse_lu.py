@@ -165,7 +165,7 @@ def python_source(program: LuProgram) -> str:
             steps.append(f"w{i} = w{i} / A[{i * n + i}]")
         steps += [f"b[{order[i]} * s + c] = w{i}" for i in range(n)]
         solve += ["c = 0"] + steps
-        solve4 += ["    " + line for line in steps]
+        solve4 += ["    " + line for line in steps] or ["    pass"]  # n = 0: no states
     body = {"lu": lu, "lu_solve": solve, "lu_solve4": solve4}
     return "\n\n".join(
         f"@_model\ndef {name}(y_, t, p_, sw_, out_, out2_):\n"
