@@ -70,6 +70,18 @@ class LuProgram:
     def written_out(self) -> bool:
         return self.operations <= MAX_OPERATIONS
 
+    def triangles(self) -> tuple[list[list[int]], list[list[int]]]:
+        """For each row i, the columns of L's entries left of the diagonal and of U's
+        right of it, ascending: the multiply-adds of the forward and back substitution."""
+        lower: list[list[int]] = [[] for _ in range(self.n)]
+        upper: list[list[int]] = [[] for _ in range(self.n)]
+        for i, j in self.factors:  # row-major, so each list comes out ascending
+            if j < i:
+                lower[i].append(j)
+            elif j > i:
+                upper[i].append(j)
+        return lower, upper
+
 
 def block_triangular_order(n: int, pairs: np.ndarray) -> tuple[list[int], list[int]]:
     """States ordered by strongly connected components of the graph j -> i for each
@@ -155,8 +167,7 @@ def python_source(program: LuProgram) -> str:
                 lu += [f"a{i}_{j} = a{i}_{j} - a{i}_{k} * a{k}_{j}" for j in cols]
         lu += [f"A[{i * n + j}] = a{i}_{j}" for i, j in program.factors]
         lu.append("info[0] = 1.0 if ok else 0.0")
-        lower = {i: [j for (r, j) in program.factors if r == i and j < i] for i in range(n)}
-        upper = {i: [j for (r, j) in program.factors if r == i and j > i] for i in range(n)}
+        lower, upper = program.triangles()
         steps = [f"w{i} = b[{order[i]} * s + c]" for i in range(n)]
         for i in range(n):
             steps += [f"w{i} = w{i} - A[{i * n + j}] * w{j}" for j in lower[i]]
@@ -261,15 +272,13 @@ def _emit_solve(module, program: LuProgram, function_type, name: str, width: int
             return b.shuffle_vector(one_lane, ir.Constant(lane, None), mask)
 
         w = [b.load(slot(order[i]), align=8) for i in range(n)]
-        factors = set(program.factors)
+        lower, upper = program.triangles()
         for i in range(n):
-            for j in range(i):
-                if (i, j) in factors:
-                    w[i] = b.fsub(w[i], b.fmul(factor(i, j), w[j]))
+            for j in lower[i]:
+                w[i] = b.fsub(w[i], b.fmul(factor(i, j), w[j]))
         for i in range(n - 1, -1, -1):
-            for j in range(i + 1, n):
-                if (i, j) in factors:
-                    w[i] = b.fsub(w[i], b.fmul(factor(i, j), w[j]))
+            for j in upper[i]:
+                w[i] = b.fsub(w[i], b.fmul(factor(i, j), w[j]))
             w[i] = b.fdiv(w[i], factor(i, i))
         for i in range(n):
             b.store(w[i], slot(order[i]), align=8)
