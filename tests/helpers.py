@@ -1,5 +1,7 @@
 """Shared test helpers (importable because setup.cfg puts tests/ on pythonpath)."""
 
+import ctypes
+
 import numpy as np
 
 import pkpd_cart as pk
@@ -29,3 +31,25 @@ def forget_compiled(monkeypatch) -> None:
 
     monkeypatch.setattr(cache, "_LOADED", {})
     monkeypatch.setattr(cache, "_BY_MODEL", cache.weakref.WeakKeyDictionary())
+
+
+_DOUBLE_P = ctypes.POINTER(ctypes.c_double)
+_SIGNATURE = ctypes.CFUNCTYPE(
+    None, _DOUBLE_P, ctypes.c_double, _DOUBLE_P, _DOUBLE_P, _DOUBLE_P, _DOUBLE_P
+)
+
+
+def generated(compiled, name, x, t, out, out2, p=None, sw=None) -> None:
+    """Call the generated function ``name`` of ``compiled`` with the signature every one
+    has, ``fn(x, t, p, sw, out, out2)``, on any backend (its address through ctypes for
+    the compiled ones). ``out`` and ``out2`` must be C-contiguous float64; ``p`` and ``sw``
+    default to one unused zero."""
+    p = np.zeros(1) if p is None else p
+    sw = np.zeros(1) if sw is None else sw
+    fn = getattr(compiled.module, name)
+    if compiled.backend == "python":
+        fn(x, t, p, sw, out, out2)
+        return
+    inputs = [np.ascontiguousarray(a, dtype=float) for a in (x, p, sw)]
+    x_, p_, sw_, out_, out2_ = (a.ctypes.data_as(_DOUBLE_P) for a in (*inputs, out, out2))
+    _SIGNATURE(fn.address)(x_, t, p_, sw_, out_, out2_)

@@ -4,17 +4,14 @@ to numba; its cache; and the integrator compiled once for all models."""
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 import pytest
 import sympy as sp
-from helpers import forget_compiled
+from helpers import forget_compiled, generated
 
 import pkpd_cart as pk
 from pkpd_cart.compile import cache, compile_model
 from pkpd_cart.compile.kernels import bdf
-from pkpd_cart.compile.kernels.jit import call
-from pkpd_cart.compile.kernels.model_calls import JAC_DFDP
 from pkpd_cart.simulation.solver import simulate
 
 FUNCTIONS = (
@@ -176,16 +173,11 @@ def test_ir_that_llvm_refuses_falls_back_to_numba_with_a_warning(fresh_cache, mo
     np.testing.assert_allclose(compiled.rhs(x, 0.0, p, sw), reference, rtol=1e-13)
 
 
-@numba.njit
-def _call_jac_dfdp(M, x, p, sw, J, Fp):
-    call(M[JAC_DFDP], x, 1.0, p, sw, J, Fp)
-
-
 def jac_dfdp(compiled, x, p, sw):
     """The generated J and df/dp of a compiled model, as the integrator calls them."""
     n, npar = len(compiled.model.states), len(compiled.model.parameters)
     J, Fp = np.full((n, n), np.nan), np.full((n, npar), np.nan)
-    _call_jac_dfdp(compiled.table, x, p, sw, J, Fp)
+    generated(compiled, "jac_dfdp", x, 1.0, J, Fp, p, sw)
     return J, Fp
 
 

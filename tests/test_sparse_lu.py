@@ -3,31 +3,14 @@ solve, on every backend, against numpy; the pivot check and the dense fallback."
 
 from __future__ import annotations
 
-import ctypes
-
 import numpy as np
 import pytest
 import sympy as sp
-from helpers import BACKENDS
+from helpers import BACKENDS, generated
 from scipy.integrate import solve_ivp
 
 import pkpd_cart as pk
 from pkpd_cart.compile.sparse_lu import block_triangular_order, lu_program
-
-DOUBLE_P = ctypes.POINTER(ctypes.c_double)
-SIGNATURE = ctypes.CFUNCTYPE(
-    None, DOUBLE_P, ctypes.c_double, DOUBLE_P, DOUBLE_P, DOUBLE_P, DOUBLE_P
-)
-
-
-def generated(compiled, name, x, t, out, out2):
-    """Call a generated function of ``compiled`` as the integrator does."""
-    fn = getattr(compiled.module, name)
-    if compiled.backend == "python":
-        return fn(x, t, np.zeros(1), np.zeros(1), out, out2)
-    arrays = [np.ascontiguousarray(a, dtype=float) for a in (x, np.zeros(1), np.zeros(1))]
-    pointers = [a.ctypes.data_as(DOUBLE_P) for a in (*arrays, out, out2)]
-    SIGNATURE(fn.address)(pointers[0], t, pointers[1], pointers[2], pointers[3], pointers[4])
 
 
 def chain_and_loop() -> pk.Model:
