@@ -28,6 +28,30 @@ from pkpd_cart.simulation.solver import Dose, SolverOptions, Trajectory, simulat
 
 __version__ = "0.1.0"
 
+
+def _map_source_models() -> None:
+    """Make ``pkpd_cart.models`` the repository's ``models/`` when the package is imported
+    straight from a source checkout (Python started in the repository root shadows the
+    installed mapping of setup.cfg's ``package_dir``, and the shipped models went missing)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    source = Path(__file__).resolve().parent.parent / "models" / "__init__.py"
+    if "pkpd_cart.models" in sys.modules or not source.is_file():
+        return
+    if importlib.util.find_spec("pkpd_cart.models") is not None:
+        return
+    spec = importlib.util.spec_from_file_location(
+        "pkpd_cart.models", source, submodule_search_locations=[str(source.parent)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["pkpd_cart.models"] = module
+    spec.loader.exec_module(module)
+
+
+_map_source_models()
+
 # Datasets and populations (pandas), fitting (lmfit, scipy.optimize), error models
 # (scipy.special) and SBML (libsbml) are imported on first use: importing the package to
 # build and simulate a model stays fast (PEP 562 module __getattr__).

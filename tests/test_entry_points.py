@@ -203,3 +203,24 @@ def test_an_initial_value_for_something_not_estimated_is_refused(sle):
     assert str(err.value).startswith(
         "initial value(s) for Texp, which the fit does not estimate (it estimates: "
     )
+
+
+def test_the_shipped_models_load_when_python_starts_in_the_repository_root():
+    # Python started in the checkout imports ./pkpd_cart, not the installed copy; its
+    # models must still be found (setup.cfg maps them from ./models only when installed).
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    code = (
+        "import pkpd_cart as pk, pkpd_cart.models as m; "
+        "print(pk.__file__); print(m.__file__); print(len(pk.load_model('stein2019').states))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert out == [
+        str(root / "pkpd_cart" / "__init__.py"),
+        str(root / "models" / "__init__.py"),
+        "2",
+    ]
