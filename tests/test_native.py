@@ -174,9 +174,10 @@ def test_ir_that_llvm_refuses_falls_back_to_numba_with_a_warning(fresh_cache, mo
 
 
 def jac_dfdp(compiled, x, p, sw):
-    """The generated J and df/dp of a compiled model, as the integrator calls them."""
+    """The generated J and df/dp of a compiled model, as the integrator calls them (into
+    zeroed buffers: a derivative matrix is written at its structural non-zeros only)."""
     n, npar = len(compiled.model.states), len(compiled.model.parameters)
-    J, Fp = np.full((n, n), np.nan), np.full((n, npar), np.nan)
+    J, Fp = np.zeros((n, n)), np.zeros((n, npar))
     generated(compiled, "jac_dfdp", x, 1.0, J, Fp, p, sw)
     return J, Fp
 
@@ -210,3 +211,30 @@ def test_a_variant_for_some_directions_holds_only_their_df_dp_columns(fresh_cach
     assert str(err.value) == (
         "model 'zoo_directions': sensitivity directions [3] are not parameter indices (0 to 2)"
     )
+
+
+@pytest.mark.parametrize("backend", ["python", "numba", "llvm"])
+def test_vectors_are_written_whole_and_derivatives_at_their_non_zeros_only(
+    fresh_cache, backend
+):
+    """The contract the integrator relies on to keep J and df/dp buffers between steps:
+    a vector output is written entirely (a zero right-hand side included), a matrix output
+    at the entries of its structural pattern only, whatever the buffer held before."""
+    m = pk.ModelBuilder(f"write_pattern_{backend}", description="a decay beside a constant")
+    k = m.parameter("k", 0.3, "1/d")
+    v = m.parameter("v", 2.0, "1")
+    x = m.state("x", "1", initial=1.0)
+    z = m.state("z", "1", initial=v)
+    m.add_term(x, -k * x)
+    m.add_term(z, 0)  # a constant state
+    compiled = compile_model(m.build(), backend)
+    assert compiled.module.PATTERNS["J"] == [[0, 0]]
+    assert compiled.module.PATTERNS["dfdp"] == [[0, 0]]
+    y, p = np.array([2.0, 5.0]), np.array([0.3, 2.0])
+    f, unused = np.full(2, np.nan), np.zeros(1)
+    generated(compiled, "rhs", y, 0.0, f, unused, p)
+    np.testing.assert_array_equal(f, [-0.6, 0.0])
+    J, Fp = np.full((2, 2), np.nan), np.full((2, 2), np.nan)
+    generated(compiled, "jac_dfdp", y, 0.0, J, Fp, p)
+    np.testing.assert_array_equal(J, [[-0.3, np.nan], [np.nan, np.nan]])
+    np.testing.assert_array_equal(Fp, [[-2.0, np.nan], [np.nan, np.nan]])

@@ -256,11 +256,15 @@ def _emit_function(module: ir.Module, block: Block, syms: _Symbols) -> None:
         value = emit(expr)
         written[(buf, idx)] = _finite(emit, value) if finite else value
     for buf, shape in block.outputs:
-        strides = [1] * len(shape)
-        for k in range(len(shape) - 2, -1, -1):
-            strides[k] = strides[k + 1] * shape[k + 1]
-        for flat in range(_size(shape)):
-            idx = tuple((flat // strides[k]) % shape[k] for k in range(len(shape)))
+        # vectors are written whole; matrices (derivatives) only at their structural
+        # non-zeros: the caller passes them zeroed, and the zeros stay
+        entries = (
+            [(i,) for i in range(shape[0])]
+            if len(shape) == 1
+            else [idx for b, idx in written if b == buf]
+        )
+        for idx in entries:
+            flat = idx[0] if len(idx) == 1 else idx[0] * shape[1] + idx[1]
             value = written.get((buf, idx), emit.const(0.0))
             builder.store(value, builder.gep(buffers[buf], [ir.Constant(ir.IntType(64), flat)]))
     builder.ret_void()

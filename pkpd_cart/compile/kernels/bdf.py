@@ -183,8 +183,8 @@ def bdf_segment(M, y0, t0, tout, p, sw, pidx, cols, u, rtol, atol, errcon, max_s
     RW = np.empty((3, _BDF_MAX_ORDER + 1, _BDF_MAX_ORDER + 1))
     yfull = np.zeros(m)
     dfull = np.zeros(m)
-    Js = np.empty((n, n))  # Jacobian and df/dp at the new state (sensitivity corrector)
-    Fp = np.empty((n, p.shape[0]))
+    Js = np.zeros((n, n))  # Jacobian and df/dp at the new state (sensitivity corrector)
+    Fp = np.zeros((n, p.shape[0]))
     g = np.empty(m)  # slopes at t0: f, then J S + dF/dp (internal layout, from index n)
     for i in range(n):
         g[i] = f0[i]

@@ -59,7 +59,7 @@ def rhs(M, y, t, p, sw):
 def jac(M, y, t, p, sw):
     """df/dx, shape (n, n)."""
     n = M[N_X]
-    out = np.empty((n, n))
+    out = np.zeros((n, n))
     call(M[JAC], y, t, p, sw, out, out)
     return out
 
@@ -74,8 +74,8 @@ def jac_solver(M, y, t, p, sw):
 def dfdp(M, y, t, p, sw):
     """df/dp, shape (n, np)."""
     n = M[N_X]
-    J = np.empty((n, n))
-    out = np.empty((n, M[N_P]))
+    J = np.zeros((n, n))
+    out = np.zeros((n, M[N_P]))
     call(M[JAC_DFDP], y, t, p, sw, J, out)
     return out
 
@@ -133,8 +133,8 @@ def observables(M, y, t, p, sw):
 @jit
 def observables_dx(M, y, t, p, sw):
     """dh/dx, shape (no, n)."""
-    hx = np.empty((M[N_OBS], M[N_X]))
-    hp = np.empty((M[N_OBS], M[N_P]))
+    hx = np.zeros((M[N_OBS], M[N_X]))
+    hp = np.zeros((M[N_OBS], M[N_P]))
     call(M[OBS_D], y, t, p, sw, hx, hp)
     return hx
 
@@ -142,8 +142,8 @@ def observables_dx(M, y, t, p, sw):
 @jit
 def observables_dp(M, y, t, p, sw):
     """dh/dp, shape (no, np)."""
-    hx = np.empty((M[N_OBS], M[N_X]))
-    hp = np.empty((M[N_OBS], M[N_P]))
+    hx = np.zeros((M[N_OBS], M[N_X]))
+    hp = np.zeros((M[N_OBS], M[N_P]))
     call(M[OBS_D], y, t, p, sw, hx, hp)
     return hp
 
@@ -170,8 +170,8 @@ def observe_sens_all(M, Y, T, p, SW, pidx):
     ns = Y.shape[1] // n - 1
     npd = pidx.shape[0]
     out = np.empty((Y.shape[0], no, ns))
-    hx = np.empty((no, n))
-    hp = np.empty((no, M[N_P]))
+    hx = np.zeros((no, n))  # written at dh's structural non-zeros only
+    hp = np.zeros((no, M[N_P]))
     x = np.empty(n)
     for r in range(Y.shape[0]):
         for i in range(n):
@@ -199,7 +199,7 @@ def initial(M, p):
 @jit
 def initial_dp(M, p):
     """dx(t0)/dp, shape (n, np)."""
-    out = np.empty((M[N_X], M[N_P]))
+    out = np.zeros((M[N_X], M[N_P]))
     call(M[X0_DP], p, 0.0, p, p, out, out)
     return out
 
@@ -215,6 +215,6 @@ def switch_times(M, p):
 @jit
 def switch_times_dp(M, p):
     """d(switch time)/dp, shape (ns, np)."""
-    out = np.empty((M[N_SW], M[N_P]))
+    out = np.zeros((M[N_SW], M[N_P]))
     call(M[TAU_DP], p, 0.0, p, p, out, out)
     return out
