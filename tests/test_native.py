@@ -214,9 +214,7 @@ def test_a_variant_for_some_directions_holds_only_their_df_dp_columns(fresh_cach
 
 
 @pytest.mark.parametrize("backend", ["python", "numba", "llvm"])
-def test_vectors_are_written_whole_and_derivatives_at_their_non_zeros_only(
-    fresh_cache, backend
-):
+def test_vectors_are_written_whole_and_derivatives_at_their_non_zeros_only(fresh_cache, backend):
     """The contract the integrator relies on to keep J and df/dp buffers between steps:
     a vector output is written entirely (a zero right-hand side included), a matrix output
     at the entries of its structural pattern only, whatever the buffer held before."""
