@@ -7,7 +7,8 @@ subexpressions (``sympy.cse``) followed by assignments to an output buffer, with
 calling convention, ``fn(y, t, p, sw, out, out2)``:
 
 * ``y`` state vector (n,), ``t`` time, ``p`` parameters (np,), ``sw`` switch flags (ns,);
-* ``out`` (and ``out2``) the outputs, fully written.
+* ``out`` (and ``out2``) the outputs: vectors written whole, derivative matrices at their
+  structural non-zeros only (the caller zeroes them once; see :data:`GENERATED`).
 
 Under numba each function is a ``cfunc`` (C pointers in, cached on disk) that the shared
 integrator calls through its address; in pure Python the same text runs on arrays. The
