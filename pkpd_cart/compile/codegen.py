@@ -357,6 +357,58 @@ def _without_step_derivatives(e: sp.Expr) -> sp.Expr:
     return e.replace(_is_step_derivative, lambda _: sp.Integer(0))
 
 
+class Differentiator:
+    """``d(expr)/d(variable)`` by the chain rule in one pass over the expression tree, each
+    shared subexpression once (call it on every entry of a vector).
+
+    Sums, products, constant powers and functions whose derivative is the generic chain
+    rule over ``fdiff`` are differentiated here; anything else (a ``Piecewise``, ``Abs``,
+    a power with the variable in its exponent) by sympy's ``diff``. The result is the same
+    expression sympy's ``diff`` builds, up to the order of factors; going through
+    ``Derivative`` for every node, sympy took five times as long (``sle_cart``: 0.25 s for
+    the Jacobian and df/dp).
+    """
+
+    def __init__(self, variable: sp.Symbol):
+        self.variable = variable
+        self.done: dict[sp.Basic, sp.Expr] = {}
+
+    def __call__(self, e: sp.Basic) -> sp.Expr:
+        done = self.done.get(e)
+        if done is None:
+            done = self.done[e] = self._derivative(e)
+        return done
+
+    def _derivative(self, e: sp.Basic) -> sp.Expr:
+        x = self.variable
+        if e == x:
+            return sp.S.One
+        if not e.args:
+            return sp.S.Zero
+        if e.is_Add:
+            return sp.Add(*[self(a) for a in e.args])
+        if e.is_Mul:
+            args = e.args
+            terms = []
+            for i, a in enumerate(args):
+                da = self(a)
+                if da != 0:
+                    terms.append(sp.Mul(*args[:i], da, *args[i + 1 :]))
+            return sp.Add(*terms)
+        if e.is_Pow and self(e.exp) == 0:
+            base, exp = e.args
+            db = self(base)
+            return sp.S.Zero if db == 0 else exp * base ** (exp - 1) * db
+        if isinstance(e, sp.Function) and type(e)._eval_derivative is sp.Function._eval_derivative:
+            terms = []
+            for i, a in enumerate(e.args):
+                da = self(a)
+                if da != 0:
+                    terms.append(e.fdiff(i + 1) * da)
+            return sp.Add(*terms)
+        return e.diff(x) if x in e.free_symbols else sp.S.Zero
+
+
 @functools.lru_cache(maxsize=4)
 def _derived(model: Model) -> tuple[_Symbols, Derivatives]:
     """The model's symbols and derivatives, kept for the next lowering of the same model
@@ -375,13 +427,11 @@ def derive(model: Model, syms: _Symbols) -> Derivatives:
     tau = sp.Matrix([syms.local(s.at) for s in model.switches.values()])
 
     def jac(v: sp.Matrix, wrt: sp.Matrix) -> sp.Matrix:
-        # only the symbols an entry contains are differentiated: most entries are 0
         out = sp.zeros(v.rows, wrt.rows)
-        for i in range(v.rows):
-            free = v[i].free_symbols
-            for j in range(wrt.rows):
-                if wrt[j] in free:
-                    out[i, j] = _without_step_derivatives(v[i].diff(wrt[j]))
+        for j in range(wrt.rows):
+            derivative = Differentiator(wrt[j])  # one per variable: shared subexpressions
+            for i in range(v.rows):
+                out[i, j] = _without_step_derivatives(derivative(v[i]))
         return out
 
     return Derivatives(
