@@ -73,6 +73,12 @@ GENERATED = (
 _DOCS = {g.name: g.doc for g in GENERATED}
 
 
+def written_whole(shape: tuple[int, ...]) -> bool:
+    """Whether an output of this shape is written entirely (a vector) or only at its
+    structural non-zeros (a derivative matrix), as every backend writes them."""
+    return len(shape) == 1
+
+
 class FPow(sp.Function):
     """Real power ``b**e`` with a non-integer exponent, differentiated safely.
 
@@ -333,7 +339,7 @@ def _python_function(block: Block, syms: _Symbols, sizes: dict[str, tuple[int]])
     body += syms.unpack(block.inputs)
     for buf, shape in block.outputs:
         body.append(f"{buf} = _arr({buf}_, {shape!r})")
-        if len(shape) == 1:  # vectors are written whole, matrices at their non-zeros only
+        if written_whole(shape):
             body.append(f"{buf}[:] = 0.0")
     body += [f"{s} = {printer.doprint(e)}" for s, e in block.temporaries]
     for buf, idx, e, finite in block.stores:

@@ -26,7 +26,15 @@ import sympy as sp
 from llvmlite import ir
 
 from pkpd_cart.compile import sparse_lu
-from pkpd_cart.compile.codegen import GENERATED, Block, FPow, FPowLog, _Symbols, lower
+from pkpd_cart.compile.codegen import (
+    GENERATED,
+    Block,
+    FPow,
+    FPowLog,
+    _Symbols,
+    lower,
+    written_whole,
+)
 from pkpd_cart.model.modelling import t as time_symbol
 
 # The derivatives' structural non-zeros travel with the IR as one comment line.
@@ -256,11 +264,9 @@ def _emit_function(module: ir.Module, block: Block, syms: _Symbols) -> None:
         value = emit(expr)
         written[(buf, idx)] = _finite(emit, value) if finite else value
     for buf, shape in block.outputs:
-        # vectors are written whole; matrices (derivatives) only at their structural
-        # non-zeros: the caller passes them zeroed, and the zeros stay
         entries = (
             [(i,) for i in range(shape[0])]
-            if len(shape) == 1
+            if written_whole(shape)
             else [idx for b, idx in written if b == buf]
         )
         for idx in entries:
@@ -268,13 +274,6 @@ def _emit_function(module: ir.Module, block: Block, syms: _Symbols) -> None:
             value = written.get((buf, idx), emit.const(0.0))
             builder.store(value, builder.gep(buffers[buf], [ir.Constant(ir.IntType(64), flat)]))
     builder.ret_void()
-
-
-def _size(shape) -> int:
-    size = 1
-    for k in shape:
-        size *= k
-    return size
 
 
 def generate_ir(model, header: str, directions: tuple[int, ...] | None = None) -> str:
