@@ -73,6 +73,38 @@ _COMPARE = {
 }
 
 
+_REAL_POWER = "pkpd_real_power"
+
+
+def _real_power_function(module: ir.Module) -> ir.Function:
+    """``pow`` with the exponents 1, 2 and 0 answered without the library call (``b``,
+    ``b * b``, 1: the values ``pow`` returns), as ``mathfns._fpow`` of the other backends;
+    a constant exponent folds the tests away once LLVM inlines this."""
+    fn = ir.Function(module, ir.FunctionType(DOUBLE, [DOUBLE, DOUBLE]), _REAL_POWER)
+    fn.linkage = "internal"
+    fn.attributes.add("nounwind")
+    base, exponent = fn.args
+    builder = ir.IRBuilder(fn.append_basic_block("entry"))
+    for value, result in (
+        (1.0, lambda b: base),
+        (2.0, lambda b: b.fmul(base, base)),
+        (0.0, lambda b: ir.Constant(DOUBLE, 1.0)),
+    ):
+        special = fn.append_basic_block(f"exponent_{value:g}")
+        other = fn.append_basic_block(f"not_{value:g}")
+        builder.cbranch(
+            builder.fcmp_ordered("==", exponent, ir.Constant(DOUBLE, value)), special, other
+        )
+        builder.position_at_end(special)
+        builder.ret(result(builder))
+        builder.position_at_end(other)
+    pow_fn = module.globals.get("pow") or ir.Function(
+        module, ir.FunctionType(DOUBLE, [DOUBLE, DOUBLE]), "pow"
+    )
+    builder.ret(builder.call(pow_fn, [base, exponent]))
+    return fn
+
+
 class UnsupportedExpressionError(Exception):
     """An expression the LLVM emitter does not translate (the numba backend is used)."""
 
@@ -97,6 +129,11 @@ class _Emitter:
 
     def c_call(self, name: str, *args):
         return self.b.call(self._declare(name, len(args)), list(args))
+
+    def real_power(self, base, exponent):
+        """``pow(base, exponent)`` through :func:`_real_power_function`."""
+        fn = self.module.globals.get(_REAL_POWER) or _real_power_function(self.module)
+        return self.b.call(fn, [base, exponent])
 
     def const(self, value: float):
         return ir.Constant(DOUBLE, float(value))
@@ -156,12 +193,12 @@ class _Emitter:
                         acc = b.fmul(acc, x)
                     return acc
                 return self.c_call("pow", x, self.const(k))
-            return self.c_call("pow", self(base), self(exp))
+            return self.real_power(self(base), self(exp))
         if isinstance(e, FPow):
-            return self.c_call("pow", self(e.args[0]), self(e.args[1]))
+            return self.real_power(self(e.args[0]), self(e.args[1]))
         if isinstance(e, FPowLog):
             base = self(e.args[0])
-            value = b.fmul(self.c_call("pow", base, self(e.args[1])), self.c_call("log", base))
+            value = b.fmul(self.real_power(base, self(e.args[1])), self.c_call("log", base))
             return self.select(b.fcmp_ordered("==", base, self.const(0.0)), self.const(0.0), value)
         if isinstance(e, sp.log):
             if len(e.args) != 1:

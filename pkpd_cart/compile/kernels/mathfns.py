@@ -32,7 +32,17 @@ __all__ = [
 
 @_jit
 def _fpow(b, e):
-    """Real power: nan (never a complex number) for a negative base and fractional exponent."""
+    """Real power: nan (never a complex number) for a negative base and fractional exponent.
+
+    Exponents 1, 2 and 0, common values of estimated or fixed Hill coefficients, skip the
+    library's ``pow`` (20-40 ns a call, a fifth of a simulation of ``sle_cart``): ``b``,
+    ``b * b`` and 1 are the values ``pow`` returns, exactly rounded."""
+    if e == 1.0:
+        return b
+    if e == 2.0:
+        return b * b
+    if e == 0.0:
+        return 1.0
     if b >= 0.0 or e == math.floor(e):
         return b**e
     return math.nan
