@@ -45,7 +45,7 @@ from .bdf_steps import (
     _bdf_to_external,
     _bdf_to_internal,
 )
-from .jit import call, jit
+from .jit import call, jit, jit_leaf
 from .model_calls import (
     JAC_DFDP,
     LU_FACTOR,
@@ -69,7 +69,7 @@ BDF_TOO_MANY_STEPS = 1
 BDF_STEP_TOO_SMALL = 2
 
 
-@jit
+@jit_leaf
 def _rhs_u(M, x, t, p, sw, u, out):
     """The model's right-hand side plus the infusion input ``u`` (amount per time), into
     ``out`` (n); ``x`` may be longer than n (only its first n entries are read)."""
@@ -78,7 +78,7 @@ def _rhs_u(M, x, t, p, sw, u, out):
         out[i] += u[i]
 
 
-@jit
+@jit_leaf
 def _factor(M, J, c, p, sw, A, LU, piv, info):
     """Factorise I - c J. First the model's own sparse LU with static pivots (into ``A``;
     see :mod:`pkpd_cart.compile.sparse_lu`); if a pivot fails its check, the dense LU
@@ -89,7 +89,7 @@ def _factor(M, J, c, p, sw, A, LU, piv, info):
     return _bdf_newton_matrix(J, c, LU, piv), False
 
 
-@jit
+@jit_leaf
 def _solve(M, sparse, A, LU, piv, b, offset, k, p, sw):
     """Solve with the factors of :func:`_factor` for the k right-hand sides stored
     component-major in b[offset:offset + n k], in place."""

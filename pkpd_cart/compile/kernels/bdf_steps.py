@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from .jit import jit as _jit
+from .jit import jit_leaf as _jit
 
 _BDF_MAX_ORDER = 5
 _BDF_NEWTON_MAXITER = 4
