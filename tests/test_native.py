@@ -236,3 +236,29 @@ def test_vectors_are_written_whole_and_derivatives_at_their_non_zeros_only(fresh
     generated(compiled, "jac_dfdp", y, 0.0, J, Fp, p)
     np.testing.assert_array_equal(J, [[-0.3, np.nan], [np.nan, np.nan]])
     np.testing.assert_array_equal(Fp, [[-2.0, np.nan], [np.nan, np.nan]])
+
+
+@pytest.mark.parametrize("backend", ["python", "numba", "llvm"])
+def test_real_powers_answer_exponents_one_two_and_zero_as_pow_does(fresh_cache, backend):
+    # x**b with b a parameter: the exponents 1, 2 and 0 take a shortcut past libm's pow
+    m = pk.ModelBuilder(f"power_{backend}", description="x to a parameter's power")
+    b = m.parameter("b", 1.0, "1")
+    x = m.state("x", "1", initial=1)
+    m.add_term(x, -(x**b))
+    compiled = compile_model(m.build(), backend)
+    bases = [-2.0, -0.0, 0.0, 0.5, 3.0, 1e300, np.inf, np.nan]
+    for exponent in (0.0, 1.0, 2.0, 1.5, 3.0, -1.0):
+        for base in bases:
+            with np.errstate(all="ignore"):
+                want = -np.power(base, exponent)
+                slope = -exponent * np.power(base, exponent - 1)
+            if base < 0 and exponent != int(exponent):
+                want = slope = np.nan
+            p = np.array([exponent])
+            with np.errstate(all="ignore"):  # the python backend computes with numpy scalars
+                got = compiled.rhs(np.array([base]), 0.0, p, np.zeros(0))
+                got_slope = compiled.jac(np.array([base]), 0.0, p, np.zeros(0))[0, 0]
+            np.testing.assert_array_equal(got, [want], err_msg=f"{base}**{exponent}")
+            np.testing.assert_allclose(
+                got_slope, slope, rtol=1e-15, equal_nan=True, err_msg=f"d/dx {base}**{exponent}"
+            )
