@@ -18,7 +18,9 @@ with partial pivoting for that matrix.
 ``fn(x, t, p, sw, out, out2)``:
 
 - ``lu``: ``x`` is J (n x n, row-major, model order), ``t`` is c; writes the factors into
-  ``out`` (n x n, row-major, block-triangular order; only the structural entries) and 1.0
+  ``out`` (n x n, row-major, block-triangular order; only the structural entries; the
+  diagonal holds the pivots' reciprocals, so that the solves multiply: a division on the
+  critical path of back substitution costs three times a multiplication) and 1.0
   (accepted) or 0.0 (a pivot failed the check) into ``out2[0]``.
 - ``lu_solve``: ``x`` holds the factors, ``t`` the stride s; solves in place for the
   vector ``out[0], out[s], ..., out[(n - 1) s]`` (model order), so that one direction of
@@ -160,12 +162,13 @@ def python_source(program: LuProgram) -> str:
             lu.append(f"ok = ok and math.isfinite(a{k}_{k}) and a{k}_{k} != 0.0")
             for i in checked:
                 lu.append(f"ok = ok and {pivot} >= {PIVOT_TOLERANCE!r} * abs(a{i}_{k})")
-            if rows:
-                lu.append(f"inv = 1.0 / a{k}_{k}")
+            lu.append(f"inv{k} = 1.0 / a{k}_{k}")
             for i in rows:
-                lu.append(f"a{i}_{k} = a{i}_{k} * inv")
+                lu.append(f"a{i}_{k} = a{i}_{k} * inv{k}")
                 lu += [f"a{i}_{j} = a{i}_{j} - a{i}_{k} * a{k}_{j}" for j in cols]
-        lu += [f"A[{i * n + j}] = a{i}_{j}" for i, j in program.factors]
+        lu += [
+            f"A[{i * n + j}] = {f'inv{i}' if i == j else f'a{i}_{j}'}" for i, j in program.factors
+        ]
         lu.append("info[0] = 1.0 if ok else 0.0")
         lower, upper = program.triangles()
         steps = [f"w{i} = b[{order[i]} * s + c]" for i in range(n)]
@@ -173,7 +176,7 @@ def python_source(program: LuProgram) -> str:
             steps += [f"w{i} = w{i} - A[{i * n + j}] * w{j}" for j in lower[i]]
         for i in range(n - 1, -1, -1):
             steps += [f"w{i} = w{i} - A[{i * n + j}] * w{j}" for j in upper[i]]
-            steps.append(f"w{i} = w{i} / A[{i * n + i}]")
+            steps.append(f"w{i} = w{i} * A[{i * n + i}]")
         steps += [f"b[{order[i]} * s + c] = w{i}" for i in range(n)]
         solve += ["c = 0"] + steps
         solve4 += ["    " + line for line in steps] or ["    pass"]  # n = 0: no states
@@ -218,6 +221,7 @@ def emit_ir(module, program: LuProgram, function_type) -> None:
             else:
                 a[i, j] = one if i == j else zero
         ok = ir.Constant(ir.IntType(1), 1)
+        reciprocal = {}
         infinity = ir.Constant(double, float("inf"))
         for (k, rows, cols), checked in zip(program.steps, program.checked):
             pivot = b.call(fabs, [a[k, k]])
@@ -227,14 +231,14 @@ def emit_ir(module, program: LuProgram, function_type) -> None:
             for i in checked:
                 below = b.fmul(ir.Constant(double, PIVOT_TOLERANCE), b.call(fabs, [a[i, k]]))
                 ok = b.and_(ok, b.fcmp_ordered(">=", pivot, below))
-            if rows:
-                inv = b.fdiv(one, a[k, k])
+            inv = b.fdiv(one, a[k, k])
+            reciprocal[k] = inv
             for i in rows:
                 a[i, k] = b.fmul(a[i, k], inv)
                 for j in cols:
                     a[i, j] = b.fsub(a[i, j], b.fmul(a[i, k], a[k, j]))
         for i, j in program.factors:
-            b.store(a[i, j], at(b, A, i * n + j))
+            b.store(reciprocal[i] if i == j else a[i, j], at(b, A, i * n + j))
         b.store(b.select(ok, one, zero), at(b, info, 0))
         b.ret_void()
 
@@ -279,7 +283,7 @@ def _emit_solve(module, program: LuProgram, function_type, name: str, width: int
         for i in range(n - 1, -1, -1):
             for j in upper[i]:
                 w[i] = b.fsub(w[i], b.fmul(factor(i, j), w[j]))
-            w[i] = b.fdiv(w[i], factor(i, i))
+            w[i] = b.fmul(w[i], factor(i, i))
         for i in range(n):
             b.store(w[i], slot(order[i]), align=8)
     b.ret_void()
