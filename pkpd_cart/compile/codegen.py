@@ -80,27 +80,36 @@ def written_whole(shape: tuple[int, ...]) -> bool:
 
 
 class FPow(sp.Function):
-    """Real power ``b**e`` with a non-integer exponent, differentiated safely.
+    """Real power ``b**e`` with a non-integer exponent, differentiated safely and cheaply.
 
-    ``d/de b**e = b**e * log(b)`` is 0 * -inf = nan at ``b = 0`` when evaluated naively; its
-    limit (for e > 0) is 0, which :class:`FPowLog` returns.
+    Its derivatives reuse the power itself, so that a Jacobian costs no further ``pow``:
+    ``d/db b**e = e * b**e / b`` (:class:`FPowOver`) and ``d/de b**e = b**e * log(b)``
+    (:class:`FPowLog`, whose naive value 0 * -inf = nan at ``b = 0`` is replaced by its
+    limit 0, for e > 0).
     """
 
     def fdiff(self, argindex=1):
         b, e = self.args
         if argindex == 1:
-            return e * FPow(b, e - 1)
-        return FPowLog(b, e)
+            return e * FPowOver(self, b, e)
+        return FPowLog(self, b)
+
+
+class FPowOver(sp.Function):
+    """``b**(e - 1)`` from ``P = b**e``: ``P / b``, or ``pow`` itself where that quotient
+    is not ``b**(e - 1)`` (b zero or not finite, P not finite). Arguments ``(P, b, e)``."""
+
+    def fdiff(self, argindex=1):  # only for derivatives of order two (b != 0)
+        P, b, _ = self.args
+        return (1 / b, -P / b**2, sp.Integer(0))[argindex - 1]
 
 
 class FPowLog(sp.Function):
-    """``b**e * log(b)``, with its limit 0 at ``b = 0``."""
+    """``P * log(b)`` for ``P = b**e``, with its limit 0 at ``b = 0``. Arguments ``(P, b)``."""
 
     def fdiff(self, argindex=1):
-        b, e = self.args
-        if argindex == 1:
-            return FPow(b, e - 1) * (e * sp.log(b) + 1)
-        return FPowLog(b, e) * sp.log(b)
+        P, b = self.args
+        return sp.log(b) if argindex == 1 else P / b
 
 
 def _real_power(e: sp.Basic) -> sp.Basic:
@@ -132,6 +141,9 @@ class _Printer(PythonCodePrinter):
 
     def _print_FPow(self, expr):
         return f"_fpow({self._print(expr.args[0])}, {self._print(expr.args[1])})"
+
+    def _print_FPowOver(self, expr):
+        return f"_fpow_over({', '.join(self._print(a) for a in expr.args)})"
 
     def _print_FPowLog(self, expr):
         return f"_fpowlog({self._print(expr.args[0])}, {self._print(expr.args[1])})"

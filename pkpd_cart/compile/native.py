@@ -31,6 +31,7 @@ from pkpd_cart.compile.codegen import (
     Block,
     FPow,
     FPowLog,
+    FPowOver,
     _Symbols,
     lower,
     written_whole,
@@ -102,6 +103,37 @@ def _real_power_function(module: ir.Module) -> ir.Function:
         module, ir.FunctionType(DOUBLE, [DOUBLE, DOUBLE]), "pow"
     )
     builder.ret(builder.call(pow_fn, [base, exponent]))
+    return fn
+
+
+_POWER_OVER = "pkpd_power_over"
+
+
+def _power_over_function(module: ir.Module) -> ir.Function:
+    """``b**(e - 1)`` from ``P = b**e`` (:class:`codegen.FPowOver`): ``P / b`` where b is
+    non-zero and finite and P finite, else the real power itself, as ``mathfns._fpow_over``."""
+    fn = ir.Function(module, ir.FunctionType(DOUBLE, [DOUBLE] * 3), _POWER_OVER)
+    fn.linkage = "internal"
+    fn.attributes.add("nounwind")
+    power, base, exponent = fn.args
+    builder = ir.IRBuilder(fn.append_basic_block("entry"))
+    fabs = module.declare_intrinsic("llvm.fabs", [DOUBLE])
+    infinity, zero = ir.Constant(DOUBLE, float("inf")), ir.Constant(DOUBLE, 0.0)
+    magnitude = builder.call(fabs, [base])
+    usable = builder.and_(
+        builder.and_(
+            builder.fcmp_ordered(">", magnitude, zero),
+            builder.fcmp_ordered("<", magnitude, infinity),
+        ),
+        builder.fcmp_ordered("<", builder.call(fabs, [power]), infinity),
+    )
+    quotient, other = fn.append_basic_block("quotient"), fn.append_basic_block("power")
+    builder.cbranch(usable, quotient, other)
+    builder.position_at_end(quotient)
+    builder.ret(builder.fdiv(power, base))
+    builder.position_at_end(other)
+    real_power = module.globals.get(_REAL_POWER) or _real_power_function(module)
+    builder.ret(builder.call(real_power, [base, builder.fsub(exponent, ir.Constant(DOUBLE, 1.0))]))
     return fn
 
 
@@ -196,9 +228,12 @@ class _Emitter:
             return self.real_power(self(base), self(exp))
         if isinstance(e, FPow):
             return self.real_power(self(e.args[0]), self(e.args[1]))
+        if isinstance(e, FPowOver):
+            fn = self.module.globals.get(_POWER_OVER) or _power_over_function(self.module)
+            return b.call(fn, [self(a) for a in e.args])
         if isinstance(e, FPowLog):
-            base = self(e.args[0])
-            value = b.fmul(self.real_power(base, self(e.args[1])), self.c_call("log", base))
+            base = self(e.args[1])
+            value = b.fmul(self(e.args[0]), self.c_call("log", base))
             return self.select(b.fcmp_ordered("==", base, self.const(0.0)), self.const(0.0), value)
         if isinstance(e, sp.log):
             if len(e.args) != 1:

@@ -14,6 +14,7 @@ from .jit import jit as _jit
 __all__ = [
     "_fpow",
     "_fpowlog",
+    "_fpow_over",
     "_log",
     "_finite_or_zero",
     "_mul",
@@ -49,11 +50,20 @@ def _fpow(b, e):
 
 
 @_jit
-def _fpowlog(b, e):
-    """b**e * log(b), with its limit 0 at b = 0."""
+def _fpowlog(P, b):
+    """P * log(b) for P = b**e, with its limit 0 at b = 0."""
     if b == 0.0:
         return 0.0
-    return _fpow(b, e) * _log(b)
+    return P * _log(b)
+
+
+@_jit
+def _fpow_over(P, b, e):
+    """b**(e - 1) from P = b**e: P / b, or the power itself where that quotient is not
+    b**(e - 1) (b zero or not finite, P not finite)."""
+    if b != 0.0 and math.isfinite(b) and math.isfinite(P):
+        return P / b
+    return _fpow(b, e - 1.0)
 
 
 @_jit
