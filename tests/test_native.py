@@ -206,6 +206,17 @@ def test_a_variant_for_some_directions_holds_only_their_df_dp_columns(fresh_cach
         "model 'zoo_directions' was compiled for the df/dp columns [0, 2] only; "
         "use compile_model(model)"
     )
+    # simulate takes the variant for its own directions only: others would read df/dp = 0
+    times = np.array([0.0, 1.0, 3.0])
+    want = simulate(model, times, sensitivities=["a", "c"], compiled=full)
+    got = simulate(model, times, sensitivities=["a", "c"], compiled=variant)
+    np.testing.assert_allclose(got.state_sensitivities, want.state_sensitivities, rtol=1e-12)
+    assert np.any(got.state_sensitivities != 0.0)
+    with pytest.raises(pk.InputError) as err:
+        simulate(model, times, sensitivities=["b", "c"], compiled=variant)
+    assert str(err.value) == (
+        "model 'zoo_directions': the compiled model passed holds df/dp for a, c only, not b"
+    )
     with pytest.raises(pk.CompileError) as err:
         compile_model(model, directions=[3])
     assert str(err.value) == (

@@ -611,6 +611,13 @@ def simulate(
     n = len(model.states)
     names, pidx, sidx = _sensitivity_directions(model, sensitivities)
     n_sens = len(names)
+    missing = sorted(set(pidx) - set(compiled.directions or pidx))
+    if missing:  # its df/dp is 0 in those columns: the sensitivities would be wrong
+        raise InputError(
+            f"model '{model.name}': the compiled model passed holds df/dp for "
+            f"{', '.join(list(model.parameters)[q] for q in compiled.directions)} only, "
+            f"not {', '.join(list(model.parameters)[q] for q in missing)}"
+        )
 
     if t0 is None:
         start = min([model.start_time, float(times[0])] + [d.time for d in doses])
