@@ -215,7 +215,7 @@ def part_e(n: int = 20):
     plain = BatchRun(compiled, subjects, opts)
     sens = BatchRun(compiled, subjects, opts, sensitivities=few)
     best = {"plain": np.inf, "sens": np.inf}
-    for _ in range(15):  # interleaved: the machine's speed drifts
+    for _ in range(40):  # interleaved: the machine's speed drifts
         for key, batch in (("plain", plain), ("sens", sens)):
             start = time.perf_counter()
             status = batch.run(P, active)[2]
