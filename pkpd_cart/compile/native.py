@@ -74,14 +74,17 @@ _COMPARE = {
 }
 
 
-_REAL_POWER = "pkpd_real_power"
+def _helper(module: ir.Module, build) -> ir.Function:
+    """The module's internal helper function made by ``build`` (one per module; the
+    builder's name is the function's)."""
+    return module.globals.get(build.__name__) or build(module)
 
 
-def _real_power_function(module: ir.Module) -> ir.Function:
+def pkpd_real_power(module: ir.Module) -> ir.Function:
     """``pow`` with the exponents 1, 2 and 0 answered without the library call (``b``,
     ``b * b``, 1: the values ``pow`` returns), as ``mathfns._fpow`` of the other backends;
     a constant exponent folds the tests away once LLVM inlines this."""
-    fn = ir.Function(module, ir.FunctionType(DOUBLE, [DOUBLE, DOUBLE]), _REAL_POWER)
+    fn = ir.Function(module, ir.FunctionType(DOUBLE, [DOUBLE, DOUBLE]), "pkpd_real_power")
     fn.linkage = "internal"
     fn.attributes.add("nounwind")
     base, exponent = fn.args
@@ -106,13 +109,10 @@ def _real_power_function(module: ir.Module) -> ir.Function:
     return fn
 
 
-_POWER_OVER = "pkpd_power_over"
-
-
-def _power_over_function(module: ir.Module) -> ir.Function:
+def pkpd_power_over(module: ir.Module) -> ir.Function:
     """``b**(e - 1)`` from ``P = b**e`` (:class:`codegen.FPowOver`): ``P / b`` where b is
     non-zero and finite and P finite, else the real power itself, as ``mathfns._fpow_over``."""
-    fn = ir.Function(module, ir.FunctionType(DOUBLE, [DOUBLE] * 3), _POWER_OVER)
+    fn = ir.Function(module, ir.FunctionType(DOUBLE, [DOUBLE] * 3), "pkpd_power_over")
     fn.linkage = "internal"
     fn.attributes.add("nounwind")
     power, base, exponent = fn.args
@@ -132,8 +132,8 @@ def _power_over_function(module: ir.Module) -> ir.Function:
     builder.position_at_end(quotient)
     builder.ret(builder.fdiv(power, base))
     builder.position_at_end(other)
-    real_power = module.globals.get(_REAL_POWER) or _real_power_function(module)
-    builder.ret(builder.call(real_power, [base, builder.fsub(exponent, ir.Constant(DOUBLE, 1.0))]))
+    lower = builder.fsub(exponent, ir.Constant(DOUBLE, 1.0))
+    builder.ret(builder.call(_helper(module, pkpd_real_power), [base, lower]))
     return fn
 
 
@@ -163,9 +163,8 @@ class _Emitter:
         return self.b.call(self._declare(name, len(args)), list(args))
 
     def real_power(self, base, exponent):
-        """``pow(base, exponent)`` through :func:`_real_power_function`."""
-        fn = self.module.globals.get(_REAL_POWER) or _real_power_function(self.module)
-        return self.b.call(fn, [base, exponent])
+        """``pow(base, exponent)`` through :func:`pkpd_real_power`."""
+        return self.b.call(_helper(self.module, pkpd_real_power), [base, exponent])
 
     def const(self, value: float):
         return ir.Constant(DOUBLE, float(value))
@@ -229,8 +228,7 @@ class _Emitter:
         if isinstance(e, FPow):
             return self.real_power(self(e.args[0]), self(e.args[1]))
         if isinstance(e, FPowOver):
-            fn = self.module.globals.get(_POWER_OVER) or _power_over_function(self.module)
-            return b.call(fn, [self(a) for a in e.args])
+            return b.call(_helper(self.module, pkpd_power_over), [self(a) for a in e.args])
         if isinstance(e, FPowLog):
             base = self(e.args[1])
             value = b.fmul(self(e.args[0]), self.c_call("log", base))
