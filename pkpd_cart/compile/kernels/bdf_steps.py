@@ -62,13 +62,16 @@ def _bdf_change_D(D, order, factor, W, RW):
             for k in range(order + 1):
                 acc += R[i, k] * U[k, j]
             RU[i, j] = acc
+    # RU's first row and column are (1, 0, ..., 0): R[i, 0] = 0 for i > 0, and the entries
+    # of U's columns j > 0 are signed binomial coefficients C(j, m) that sum to 0, exactly.
+    # So D[0] keeps its value and takes no part: order^2 passes instead of (order + 1)^2.
     m = D.shape[1]
-    for i in range(order + 1):
+    for i in range(1, order + 1):
         for c in range(m):
             W[i, c] = D[i, c]
             D[i, c] = 0.0
-    for i in range(order + 1):
-        for k in range(order + 1):
+    for i in range(1, order + 1):
+        for k in range(1, order + 1):
             w = RU[k, i]
             for c in range(m):  # innermost over contiguous columns: vectorised
                 D[i, c] += w * W[k, c]
