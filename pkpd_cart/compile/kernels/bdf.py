@@ -115,12 +115,12 @@ def _solve(M, sparse, A, LU, piv, b, offset, k, p, sw):
 def _bdf_initial_step(M, x0, f0, t0, p, sw, u, interval, max_step, rtol, atol):
     """scipy's ``select_initial_step`` for order 1, on the states."""
     n = x0.shape[0]
-    scale = np.empty(n)
+    weight = np.empty(n)
     x1 = np.empty(n)
     for i in range(n):
-        scale[i] = atol + rtol * abs(x0[i])
-    d0 = _bdf_rms(x0, scale, n)
-    d1 = _bdf_rms(f0, scale, n)
+        weight[i] = 1.0 / (atol + rtol * abs(x0[i]))
+    d0 = _bdf_rms(x0, weight, n)
+    d1 = _bdf_rms(f0, weight, n)
     h0 = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
     h0 = min(h0, interval)
     for i in range(n):
@@ -129,7 +129,7 @@ def _bdf_initial_step(M, x0, f0, t0, p, sw, u, interval, max_step, rtol, atol):
     _rhs_u(M, x1, t0 + h0, p, sw, u, f1)
     for i in range(n):
         x1[i] = f1[i] - f0[i]
-    d2 = _bdf_rms(x1, scale, n) / h0
+    d2 = _bdf_rms(x1, weight, n) / h0
     if d1 <= 1e-15 and d2 <= 1e-15:
         h1 = max(1e-6, h0 * 1e-3)
     else:
@@ -231,7 +231,7 @@ def bdf_segment(M, y0, t0, tout, p, sw, pidx, cols, u, rtol, atol, errcon, max_s
     dy = np.empty(n)
     f = np.empty(n)
     row = np.empty(mc)  # one output row, internal layout
-    scale = np.empty(mc)
+    weight = np.empty(mc)  # 1 / (atol + rtol |y|), the weights of the norms
     error = np.empty(mc)
     n_steps = 0
     steps_since_output = 0
@@ -274,7 +274,7 @@ def bdf_segment(M, y0, t0, tout, p, sw, pidx, cols, u, rtol, atol, errcon, max_s
                     y_predict[col] += D[k, col]
                     psi[col] += w * D[k, col]
             for i in range(n):
-                scale[i] = atol + rtol * abs(y_predict[i])
+                weight[i] = 1.0 / (atol + rtol * abs(y_predict[i]))
             c = h / _BDF_ALPHA[order]
 
             # Simplified Newton iteration on the states (scipy's solve_bdf_system).
@@ -302,7 +302,7 @@ def bdf_segment(M, y0, t0, tout, p, sw, pidx, cols, u, rtol, atol, errcon, max_s
                     for i in range(n):
                         dy[i] = c * f[i] - psi[i] - d[i]
                     _solve(M, lu_sparse, A, LU, piv, dy, 0, 1, p, sw)
-                    dy_norm = _bdf_rms(dy, scale, n)
+                    dy_norm = _bdf_rms(dy, weight, n)
                     rate = -1.0 if dy_norm_old < 0 else dy_norm / dy_norm_old
                     if rate >= 0 and (
                         rate >= 1
@@ -351,9 +351,9 @@ def bdf_segment(M, y0, t0, tout, p, sw, pidx, cols, u, rtol, atol, errcon, max_s
 
             safety = 0.9 * (2 * _BDF_NEWTON_MAXITER + 1) / (2 * _BDF_NEWTON_MAXITER + n_iter)
             for i in range(err_size):
-                scale[i] = atol + rtol * abs(y_new[i])
+                weight[i] = 1.0 / (atol + rtol * abs(y_new[i]))
                 error[i] = _BDF_ERROR_CONST[order] * d[i]
-            error_norm = _bdf_rms(error, scale, err_size) * err_factor
+            error_norm = _bdf_rms(error, weight, err_size) * err_factor
             if error_norm > 1:
                 factor = max(_BDF_MIN_FACTOR, safety * error_norm ** (-1.0 / (order + 1)))
                 h_abs *= factor
@@ -394,11 +394,11 @@ def bdf_segment(M, y0, t0, tout, p, sw, pidx, cols, u, rtol, atol, errcon, max_s
         if order > 1:
             for i in range(err_size):
                 error[i] = _BDF_ERROR_CONST[order - 1] * D[order, i]
-            error_m_norm = _bdf_rms(error, scale, err_size) * err_factor
+            error_m_norm = _bdf_rms(error, weight, err_size) * err_factor
         if order < _BDF_MAX_ORDER:
             for i in range(err_size):
                 error[i] = _BDF_ERROR_CONST[order + 1] * D[order + 2, i]
-            error_p_norm = _bdf_rms(error, scale, err_size) * err_factor
+            error_p_norm = _bdf_rms(error, weight, err_size) * err_factor
         best = -1
         best_factor = 0.0
         for k, norm in enumerate((error_m_norm, error_norm, error_p_norm)):
