@@ -47,7 +47,6 @@ from .bdf_steps import (
 )
 from .jit import call, jit, jit_leaf
 from .model_calls import (
-    JAC,
     JAC_DFDP,
     LU_FACTOR,
     LU_SOLVE,
@@ -56,6 +55,7 @@ from .model_calls import (
     RHS,
     initial,
     initial_dp,
+    jacobian_into,
     observe_all,
     observe_sens_all,
     rhs,
@@ -76,19 +76,6 @@ def _rhs_u(M, x, t, p, sw, u, out):
     call(M[RHS], x, t, p, sw, out, out)
     for i in range(out.shape[0]):
         out[i] += u[i]
-
-
-@jit_leaf
-def _jacobian(M, x, t, p, sw, J):
-    """df/dx into ``J`` (n, n) for the Newton matrix, non-finite entries set to 0 (as
-    ``jac_solver``). J is written in place, never reassigned: an array variable reassigned
-    in the step loop costs numba reference-count updates on every pass through it. The
-    generated function writes only J's structural non-zeros; the others stay 0."""
-    call(M[JAC], x, t, p, sw, J, J)
-    for i in range(J.shape[0]):
-        for j in range(J.shape[1]):
-            if not math.isfinite(J[i, j]):
-                J[i, j] = 0.0
 
 
 @jit_leaf
@@ -219,7 +206,7 @@ def bdf_segment(M, y0, t0, tout, p, sw, pidx, cols, u, rtol, atol, errcon, max_s
     order = 1
     n_equal_steps = 0
     J = np.zeros((n, n))
-    _jacobian(M, x0, t0, p, sw, J)
+    jacobian_into(M, x0, t0, p, sw, J)
     # the factors of I - c J: the model's sparse LU (A) or the dense fallback (LU, piv)
     A = np.empty(n * n)
     LU = np.empty((n, n))
@@ -333,7 +320,7 @@ def bdf_segment(M, y0, t0, tout, p, sw, pidx, cols, u, rtol, atol, errcon, max_s
                 if not converged:
                     if current_jac:
                         break
-                    _jacobian(M, y_predict, t_new, p, sw, J)
+                    jacobian_into(M, y_predict, t_new, p, sw, J)
                     lu_valid = False
                     current_jac = True
             # Staggered sensitivity corrector, linear and solved exactly:

@@ -166,7 +166,8 @@ def _bdf_sensitivity_slopes(J, Fp, pidx, s, out, n, k):
     (component-major: S[i, dir] at n + i * k + dir), written to out[n:] likewise.
 
     Directions beyond len(pidx) are initial values (no dF/dp term). J's non-finite entries
-    are already 0 (``jac_solver``); products run along the directions, skipping J's zeros.
+    are already 0 (the model's ``jac_dfdp`` writes them so); products run along the
+    directions, skipping J's zeros.
     """
     npd = pidx.shape[0]
     for i in range(n):

@@ -16,7 +16,6 @@ __all__ = [
     "_fpowlog",
     "_fpow_over",
     "_log",
-    "_finite_or_zero",
     "_mul",
     "_finite",
     "_heaviside",
@@ -74,17 +73,6 @@ def _log(x):
     if x == 0.0:
         return -math.inf
     return math.nan
-
-
-@_jit
-def _finite_or_zero(A):
-    """A copy of A with non-finite entries set to 0 (a Newton matrix must stay finite)."""
-    out = A.copy()
-    for i in range(A.shape[0]):
-        for j in range(A.shape[1]):
-            if not math.isfinite(A[i, j]):
-                out[i, j] = 0.0
-    return out
 
 
 @_jit

@@ -35,8 +35,8 @@ import math
 
 import numpy as np
 
-from .jit import call, jit
-from .mathfns import _finite_or_zero, _mul
+from .jit import call, jit, jit_leaf
+from .mathfns import _mul
 
 RHS, JAC, JAC_DFDP, OBS, OBS_D, X0, X0_DP, TAU, TAU_DP, LU_FACTOR, LU_SOLVE, LU_SOLVE4 = range(12)
 N_X, N_P, N_OBS, N_SW = range(12, 16)
@@ -64,10 +64,27 @@ def jac(M, y, t, p, sw):
     return out
 
 
+@jit_leaf
+def jacobian_into(M, y, t, p, sw, J):
+    """df/dx for a Newton iteration into ``J`` (n, n), in place: non-finite entries set
+    to 0 (a Newton matrix must stay finite). The generated function writes only J's
+    structural non-zeros, so J starts zeroed; a buffer kept for this call stays valid.
+    The integrator keeps one J and never reassigns it: an array variable reassigned in its
+    step loop cost numba reference-count updates on every pass."""
+    call(M[JAC], y, t, p, sw, J, J)
+    for i in range(J.shape[0]):
+        for j in range(J.shape[1]):
+            if not math.isfinite(J[i, j]):
+                J[i, j] = 0.0
+
+
 @jit
 def jac_solver(M, y, t, p, sw):
     """df/dx for a Newton iteration: non-finite entries set to 0."""
-    return _finite_or_zero(jac(M, y, t, p, sw))
+    n = M[N_X]
+    J = np.zeros((n, n))
+    jacobian_into(M, y, t, p, sw, J)
+    return J
 
 
 @jit
