@@ -74,6 +74,16 @@ _COMPARE = {
 }
 
 
+def _c_function(module: ir.Module, name: str, n_args: int) -> ir.Function:
+    """The module's declaration of the C math library function ``name`` of doubles."""
+    existing = module.globals.get(name)
+    if existing is not None:
+        return existing
+    fn = ir.Function(module, ir.FunctionType(DOUBLE, [DOUBLE] * n_args), name)
+    fn.attributes.add("nounwind")
+    return fn
+
+
 def _helper(module: ir.Module, build) -> ir.Function:
     """The module's internal helper function made by ``build`` (one per module; the
     builder's name is the function's)."""
@@ -102,10 +112,7 @@ def pkpd_real_power(module: ir.Module) -> ir.Function:
         builder.position_at_end(special)
         builder.ret(result(builder))
         builder.position_at_end(other)
-    pow_fn = module.globals.get("pow") or ir.Function(
-        module, ir.FunctionType(DOUBLE, [DOUBLE, DOUBLE]), "pow"
-    )
-    builder.ret(builder.call(pow_fn, [base, exponent]))
+    builder.ret(builder.call(_c_function(module, "pow", 2), [base, exponent]))
     return fn
 
 
@@ -132,8 +139,8 @@ def pkpd_power_over(module: ir.Module) -> ir.Function:
     builder.position_at_end(quotient)
     builder.ret(builder.fdiv(power, base))
     builder.position_at_end(other)
-    lower = builder.fsub(exponent, ir.Constant(DOUBLE, 1.0))
-    builder.ret(builder.call(_helper(module, pkpd_real_power), [base, lower]))
+    exponent_less_one = builder.fsub(exponent, ir.Constant(DOUBLE, 1.0))
+    builder.ret(builder.call(_helper(module, pkpd_real_power), [base, exponent_less_one]))
     return fn
 
 
@@ -147,20 +154,12 @@ class _Emitter:
     def __init__(self, module: ir.Module, builder: ir.IRBuilder, values: dict):
         self.module, self.b, self.values = module, builder, values
 
-    def _declare(self, name: str, n_args: int) -> ir.Function:
-        existing = self.module.globals.get(name)
-        if existing is not None:
-            return existing
-        fn = ir.Function(self.module, ir.FunctionType(DOUBLE, [DOUBLE] * n_args), name)
-        fn.attributes.add("nounwind")
-        return fn
-
     def _intrinsic(self, name: str, *args):
         fn = self.module.declare_intrinsic(name, [DOUBLE])
         return self.b.call(fn, list(args))
 
     def c_call(self, name: str, *args):
-        return self.b.call(self._declare(name, len(args)), list(args))
+        return self.b.call(_c_function(self.module, name, len(args)), list(args))
 
     def real_power(self, base, exponent):
         """``pow(base, exponent)`` through :func:`pkpd_real_power`."""
