@@ -217,6 +217,12 @@ def test_a_variant_for_some_directions_holds_only_their_df_dp_columns(fresh_cach
     assert str(err.value) == (
         "model 'zoo_directions': the compiled model passed holds df/dp for a, c only, not b"
     )
+    empty = compile_model(model, directions=[])  # no df/dp column at all: refused as well
+    with pytest.raises(pk.InputError) as err:
+        simulate(model, times, sensitivities=["a"], compiled=empty)
+    assert str(err.value) == (
+        "model 'zoo_directions': the compiled model passed holds df/dp for no parameter only, not a"
+    )
     with pytest.raises(pk.CompileError) as err:
         compile_model(model, directions=[3])
     assert str(err.value) == (

@@ -611,11 +611,12 @@ def simulate(
     n = len(model.states)
     names, pidx, sidx = _sensitivity_directions(model, sensitivities)
     n_sens = len(names)
-    missing = sorted(set(pidx) - set(compiled.directions or pidx))
+    directions = compiled.directions
+    missing = [] if directions is None else sorted(set(pidx) - set(directions))
     if missing:  # its df/dp is 0 in those columns: the sensitivities would be wrong
         raise InputError(
             f"model '{model.name}': the compiled model passed holds df/dp for "
-            f"{', '.join(list(model.parameters)[q] for q in compiled.directions)} only, "
+            f"{', '.join(list(model.parameters)[q] for q in directions) or 'no parameter'} only, "
             f"not {', '.join(list(model.parameters)[q] for q in missing)}"
         )
 
