@@ -95,6 +95,43 @@ def overdamped() -> pk.Model:
     return m.build()
 
 
+def overdamped_with_a_follower() -> pk.Model:
+    """The oscillator, and z' = x - k z: z follows x, nothing follows z, so the sensitivity
+    to k is structurally 0 in x and y (the integrator keeps no history for those entries)."""
+    m = pk.ModelBuilder("overdamped_z", description="a stiff overdamped oscillator, followed")
+    K = m.parameter("K", 1e6, "1/d^2")
+    d = m.parameter("d", 1e4, "1/d")
+    k = m.parameter("k", 0.5, "1/d")
+    x = m.state("x", "1", initial=0.0)
+    y = m.state("y", "1/d", initial=0.0)
+    z = m.state("z", "1", initial=1.0)
+    m.add_term(x, y)
+    m.add_term(y, K * (sp.sin(pk.t) - x) - d * y)
+    m.add_term(z, x - k * z)
+    return m.build()
+
+
+def test_sensitivities_through_the_dense_fallback_match_radau():
+    """Steps alternate between the model's sparse LU and the dense fallback (cK crosses
+    1000 as the steps grow), and the sensitivity corrector's block is not cleared between
+    them: the sensitivities still match scipy's Radau on the whole sensitivity system at
+    rtol 1e-12, and those that cannot leave 0 are exactly 0. (Central differences are too
+    noisy a reference here: a step sequence that changes with the parameter moves this
+    stiff solution by more than the difference.)"""
+    model = overdamped_with_a_follower()
+    times = np.linspace(0.0, 20.0, 11)
+    opts = pk.SolverOptions(rtol=1e-10, atol=1e-12)
+    traj = pk.simulate(model, times, options=opts, sensitivities=True)
+    assert traj.sensitivity_names == ("K", "d", "k")
+    # x and y do not depend on k: exactly 0, not merely small
+    assert np.all(traj.state_sensitivities[:, :2, 2] == 0.0)
+    radau = pk.SolverOptions(method="Radau", rtol=1e-12, atol=1e-16)
+    ref = pk.simulate(model, times, options=radau, sensitivities=True).state_sensitivities
+    scale = np.abs(ref).max(axis=0)
+    scale[scale == 0.0] = 1.0
+    np.testing.assert_allclose(traj.state_sensitivities / scale, ref / scale, rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_small_pivot_is_refused_and_the_integration_falls_back(backend):
     """``lu`` refuses the oscillator's matrix once cK > 1000; the integrator then

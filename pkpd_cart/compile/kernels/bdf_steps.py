@@ -193,16 +193,6 @@ def _bdf_to_internal(y, out, n, k):
 
 
 @_jit
-def _bdf_to_external(y, out, row, n, k):
-    """Inverse of _bdf_to_internal, into out[row]."""
-    for i in range(n):
-        out[row, i] = y[i]
-    for c in range(k):
-        for i in range(n):
-            out[row, n * (c + 1) + i] = y[n + i * k + c]
-
-
-@_jit
 def _bdf_newton_matrix(J, c, A, piv):
     """A <- LU(I - c J); False if singular."""
     n = J.shape[0]
