@@ -178,8 +178,7 @@ def bdf_segment(M, y0, t0, tout, p, sw, pidx, cols, u, rtol, atol, errcon, max_s
     _rhs_u(M, x0, t0, p, sw, u, f0)
     h_abs = _bdf_initial_step(M, x0, f0, t0, p, sw, u, t_bound - t0, max_step, rtol, atol)
     D = np.zeros((_BDF_MAX_ORDER + 3, mc))
-    W = np.empty((_BDF_MAX_ORDER + 3, mc))  # workspaces of _bdf_change_D
-    RW = np.empty((3, _BDF_MAX_ORDER + 1, _BDF_MAX_ORDER + 1))
+    RW = np.empty((3, _BDF_MAX_ORDER + 1, _BDF_MAX_ORDER + 1))  # workspace of _bdf_change_D
     dfull = np.zeros(m)
     Js = np.zeros((n, n))  # Jacobian and df/dp at the new state (sensitivity corrector)
     n_fp = n * p.shape[0]
@@ -262,11 +261,11 @@ def bdf_segment(M, y0, t0, tout, p, sw, pidx, cols, u, rtol, atol, errcon, max_s
             return Y, BDF_TOO_MANY_STEPS, t, n_steps
         min_step = 10 * (np.nextafter(t, np.inf) - t)
         if h_abs > max_step:
-            _bdf_change_D(D, order, max_step / h_abs, W, RW)
+            _bdf_change_D(D, order, max_step / h_abs, RW)
             h_abs = max_step
             n_equal_steps = 0
         elif h_abs < min_step:
-            _bdf_change_D(D, order, min_step / h_abs, W, RW)
+            _bdf_change_D(D, order, min_step / h_abs, RW)
             h_abs = min_step
             n_equal_steps = 0
         current_jac = False
@@ -280,7 +279,7 @@ def bdf_segment(M, y0, t0, tout, p, sw, pidx, cols, u, rtol, atol, errcon, max_s
             t_new = t + h_abs
             if t_new > t_bound:
                 t_new = t_bound
-                _bdf_change_D(D, order, (t_new - t) / h_abs, W, RW)
+                _bdf_change_D(D, order, (t_new - t) / h_abs, RW)
                 n_equal_steps = 0
                 lu_valid = False
             h = t_new - t
@@ -366,7 +365,7 @@ def bdf_segment(M, y0, t0, tout, p, sw, pidx, cols, u, rtol, atol, errcon, max_s
                     converged = False  # I - c J(x_new) singular: as a Newton failure
             if not converged:
                 h_abs *= 0.5
-                _bdf_change_D(D, order, 0.5, W, RW)
+                _bdf_change_D(D, order, 0.5, RW)
                 n_equal_steps = 0
                 lu_valid = False
                 continue
@@ -379,7 +378,7 @@ def bdf_segment(M, y0, t0, tout, p, sw, pidx, cols, u, rtol, atol, errcon, max_s
             if error_norm > 1:
                 factor = max(_BDF_MIN_FACTOR, safety * error_norm ** (-1.0 / (order + 1)))
                 h_abs *= factor
-                _bdf_change_D(D, order, factor, W, RW)
+                _bdf_change_D(D, order, factor, RW)
                 n_equal_steps = 0
             else:
                 step_accepted = True
@@ -430,7 +429,7 @@ def bdf_segment(M, y0, t0, tout, p, sw, pidx, cols, u, rtol, atol, errcon, max_s
         order += best - 1
         factor = min(_BDF_MAX_FACTOR, safety * best_factor)
         h_abs *= factor
-        _bdf_change_D(D, order, factor, W, RW)
+        _bdf_change_D(D, order, factor, RW)
         n_equal_steps = 0
         lu_valid = False
     return Y, BDF_SUCCESS, t, n_steps

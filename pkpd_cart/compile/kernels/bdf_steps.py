@@ -46,13 +46,20 @@ def _bdf_compute_R(order, factor, R):
 
 
 @_jit
-def _bdf_change_D(D, order, factor, W, RW):
+def _bdf_change_D(D, order, factor, RW):
     """Rescale the differences D[:order + 1] to a step ``factor`` times the current one.
 
-    ``W`` is a workspace of D's shape, ``RW`` one of shape (3, 6, 6) for R, U and RU (no
-    allocation: this runs at every change of the step size). Loops index the arrays
-    directly: taking row views inside them costs two reference-count updates each
-    (numba's NRT), which used to dominate this function for small systems.
+    ``RW`` is a workspace of shape (3, 6, 6) for R, U and RU (no allocation: this runs at
+    every change of the step size). D[i] becomes sum over k of RU[k, i] D[k], k = 1 ..
+    order; RU's first row and column are (1, 0, ..., 0) (R[i, 0] = 0 for i > 0, and the
+    entries of U's columns j > 0 are signed binomial coefficients C(j, m) that sum to 0,
+    exactly), so D[0] keeps its value and takes no part.
+
+    One pass over the columns per order, each reading its ``order`` differences once into
+    registers and writing them once: 2.2-2.7x faster than ``order`` ^ 2 passes over whole
+    rows for sle_cart's 398 columns with 40 directions (measured), and the same sums in
+    the same order (bit-identical). The rows are views made once (free in a kernel without
+    reference counting), so that LLVM vectorises along the columns.
     """
     R = RW[0]
     U = RW[1]
@@ -65,19 +72,52 @@ def _bdf_change_D(D, order, factor, W, RW):
             for k in range(order + 1):
                 acc += R[i, k] * U[k, j]
             RU[i, j] = acc
-    # RU's first row and column are (1, 0, ..., 0): R[i, 0] = 0 for i > 0, and the entries
-    # of U's columns j > 0 are signed binomial coefficients C(j, m) that sum to 0, exactly.
-    # So D[0] keeps its value and takes no part: order^2 passes instead of (order + 1)^2.
     m = D.shape[1]
-    for i in range(1, order + 1):
+    D1, D2, D3, D4, D5 = D[1], D[2], D[3], D[4], D[5]
+    if order == 1:
+        a11 = RU[1, 1]
         for c in range(m):
-            W[i, c] = D[i, c]
-            D[i, c] = 0.0
-    for i in range(1, order + 1):
-        for k in range(1, order + 1):
-            w = RU[k, i]
-            for c in range(m):  # innermost over contiguous columns: vectorised
-                D[i, c] += w * W[k, c]
+            D1[c] = 0.0 + a11 * D1[c]
+    elif order == 2:
+        a11, a12 = RU[1, 1], RU[1, 2]
+        a21, a22 = RU[2, 1], RU[2, 2]
+        for c in range(m):
+            w1, w2 = D1[c], D2[c]
+            D1[c] = 0.0 + a11 * w1 + a21 * w2
+            D2[c] = 0.0 + a12 * w1 + a22 * w2
+    elif order == 3:
+        a11, a12, a13 = RU[1, 1], RU[1, 2], RU[1, 3]
+        a21, a22, a23 = RU[2, 1], RU[2, 2], RU[2, 3]
+        a31, a32, a33 = RU[3, 1], RU[3, 2], RU[3, 3]
+        for c in range(m):
+            w1, w2, w3 = D1[c], D2[c], D3[c]
+            D1[c] = 0.0 + a11 * w1 + a21 * w2 + a31 * w3
+            D2[c] = 0.0 + a12 * w1 + a22 * w2 + a32 * w3
+            D3[c] = 0.0 + a13 * w1 + a23 * w2 + a33 * w3
+    elif order == 4:
+        a11, a12, a13, a14 = RU[1, 1], RU[1, 2], RU[1, 3], RU[1, 4]
+        a21, a22, a23, a24 = RU[2, 1], RU[2, 2], RU[2, 3], RU[2, 4]
+        a31, a32, a33, a34 = RU[3, 1], RU[3, 2], RU[3, 3], RU[3, 4]
+        a41, a42, a43, a44 = RU[4, 1], RU[4, 2], RU[4, 3], RU[4, 4]
+        for c in range(m):
+            w1, w2, w3, w4 = D1[c], D2[c], D3[c], D4[c]
+            D1[c] = 0.0 + a11 * w1 + a21 * w2 + a31 * w3 + a41 * w4
+            D2[c] = 0.0 + a12 * w1 + a22 * w2 + a32 * w3 + a42 * w4
+            D3[c] = 0.0 + a13 * w1 + a23 * w2 + a33 * w3 + a43 * w4
+            D4[c] = 0.0 + a14 * w1 + a24 * w2 + a34 * w3 + a44 * w4
+    else:
+        a11, a12, a13, a14, a15 = RU[1, 1], RU[1, 2], RU[1, 3], RU[1, 4], RU[1, 5]
+        a21, a22, a23, a24, a25 = RU[2, 1], RU[2, 2], RU[2, 3], RU[2, 4], RU[2, 5]
+        a31, a32, a33, a34, a35 = RU[3, 1], RU[3, 2], RU[3, 3], RU[3, 4], RU[3, 5]
+        a41, a42, a43, a44, a45 = RU[4, 1], RU[4, 2], RU[4, 3], RU[4, 4], RU[4, 5]
+        a51, a52, a53, a54, a55 = RU[5, 1], RU[5, 2], RU[5, 3], RU[5, 4], RU[5, 5]
+        for c in range(m):
+            w1, w2, w3, w4, w5 = D1[c], D2[c], D3[c], D4[c], D5[c]
+            D1[c] = 0.0 + a11 * w1 + a21 * w2 + a31 * w3 + a41 * w4 + a51 * w5
+            D2[c] = 0.0 + a12 * w1 + a22 * w2 + a32 * w3 + a42 * w4 + a52 * w5
+            D3[c] = 0.0 + a13 * w1 + a23 * w2 + a33 * w3 + a43 * w4 + a53 * w5
+            D4[c] = 0.0 + a14 * w1 + a24 * w2 + a34 * w3 + a44 * w4 + a54 * w5
+            D5[c] = 0.0 + a15 * w1 + a25 * w2 + a35 * w3 + a45 * w4 + a55 * w5
 
 
 @_jit
