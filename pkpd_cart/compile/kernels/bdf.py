@@ -43,6 +43,7 @@ from .bdf_steps import (
     _bdf_rms,
     _bdf_sensitivity_slopes,
     _bdf_to_internal,
+    _bdf_update_predict,
 )
 from .jit import call, jit, jit_leaf
 from .model_calls import (
@@ -253,6 +254,7 @@ def bdf_segment(M, y0, t0, tout, p, sw, pidx, cols, u, rtol, atol, errcon, max_s
     # step used to zero the whole block anyway (680 entries for sle_cart's 40 directions);
     # now only a dense solve is followed by one, against non-finite factors.
     dfull_clean = True
+    predicted = False  # y_predict and psi already hold the next step's prediction
     n_steps = 0
     steps_since_output = 0
 
@@ -264,10 +266,12 @@ def bdf_segment(M, y0, t0, tout, p, sw, pidx, cols, u, rtol, atol, errcon, max_s
             _bdf_change_D(D, order, max_step / h_abs, RW)
             h_abs = max_step
             n_equal_steps = 0
+            predicted = False
         elif h_abs < min_step:
             _bdf_change_D(D, order, min_step / h_abs, RW)
             h_abs = min_step
             n_equal_steps = 0
+            predicted = False
         current_jac = False
         step_accepted = False
         n_iter = 0
@@ -282,17 +286,20 @@ def bdf_segment(M, y0, t0, tout, p, sw, pidx, cols, u, rtol, atol, errcon, max_s
                 _bdf_change_D(D, order, (t_new - t) / h_abs, RW)
                 n_equal_steps = 0
                 lu_valid = False
+                predicted = False
             h = t_new - t
             h_abs = h
-            # D is indexed directly: a row view costs two reference-count updates (NRT)
-            for col in range(mc):
-                y_predict[col] = D[0, col]
-                psi[col] = 0.0
-            for k in range(1, order + 1):
-                w = _BDF_GAMMA[k] / _BDF_ALPHA[order]
+            if not predicted:
+                # D is indexed directly: a row view costs two reference-count updates (NRT)
                 for col in range(mc):
-                    y_predict[col] += D[k, col]
-                    psi[col] += w * D[k, col]
+                    y_predict[col] = D[0, col]
+                    psi[col] = 0.0
+                for k in range(1, order + 1):
+                    w = _BDF_GAMMA[k] / _BDF_ALPHA[order]
+                    for col in range(mc):
+                        y_predict[col] += D[k, col]
+                        psi[col] += w * D[k, col]
+            predicted = False  # a retry of this step predicts again
             for i in range(n):
                 weight[i] = 1.0 / (atol + rtol * abs(y_predict[i]))
             c = h / _BDF_ALPHA[order]
@@ -388,12 +395,16 @@ def bdf_segment(M, y0, t0, tout, p, sw, pidx, cols, u, rtol, atol, errcon, max_s
         n_equal_steps += 1
         t_old = t
         t = t_new
-        for col in range(mc):
-            D[order + 2, col] = d[col] - D[order + 1, col]
-            D[order + 1, col] = d[col]
-        for i in range(order, -1, -1):
+        if n_equal_steps < order + 1:  # no change of order or step size follows
+            _bdf_update_predict(D, d, order, y_predict, psi)
+            predicted = True
+        else:
             for col in range(mc):
-                D[i, col] += D[i + 1, col]
+                D[order + 2, col] = d[col] - D[order + 1, col]
+                D[order + 1, col] = d[col]
+            for i in range(order, -1, -1):
+                for col in range(mc):
+                    D[i, col] += D[i + 1, col]
         while k_out < tout.shape[0] and tout[k_out] <= t:
             if tout[k_out] == t:
                 for col in range(mc):
