@@ -110,11 +110,11 @@ def test_a_damaged_ir_file_is_generated_again(fresh_cache, monkeypatch):
 def test_a_new_model_compiles_nothing_of_the_integrator():
     options = pk.SolverOptions()
     simulate(pk.load_model("stein2019"), [1.0, 20.0], options=options, sensitivities=True)
-    before = len(bdf.bdf_segment.signatures)
+    before = len(bdf.bdf_segment_into.signatures)
     model = zoo_model("expression_zoo_renamed")  # a model never seen in this process
     traj = simulate(model, [0.5, 1.0], options=options, sensitivities=True)
     assert np.all(np.isfinite(traj.states))
-    assert len(bdf.bdf_segment.signatures) == before
+    assert len(bdf.bdf_segment_into.signatures) == before
 
 
 def test_the_kernels_cache_is_stamped_with_every_kernel_source(tmp_path):
@@ -125,7 +125,7 @@ def test_the_kernels_cache_is_stamped_with_every_kernel_source(tmp_path):
     from pkpd_cart.compile.kernels import jit, model_calls
 
     simulate(pk.load_model("stein2019"), [1.0])
-    for dispatcher in (bdf.bdf_segment, model_calls.rhs):
+    for dispatcher in (bdf.bdf_segment_into, model_calls.rhs):
         locator = dispatcher._cache._impl._locator
         assert type(locator).__name__ == "_KernelLocator"
         assert locator.get_source_stamp() == jit.sources_hash()

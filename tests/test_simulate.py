@@ -150,8 +150,8 @@ def test_solver_options_take_fixed_types_so_the_integrator_compiles_once():
 
 def test_a_non_finite_output_is_refused_and_a_large_one_is_not(onecmt, monkeypatch):
     """The output block of a segment is screened by its sum (one pass): a nan in a
-    sensitivity column is reported at its output time; finite values whose sum overflows
-    are not mistaken for a failure."""
+    sensitivity column is reported at its output time, or at the segment's end if only the
+    final state has one; finite values whose sum overflows are not mistaken for a failure."""
     from pkpd_cart.simulation import solver
 
     grid = np.array([0.0, 1.0, 2.0])
@@ -160,12 +160,31 @@ def test_a_non_finite_output_is_refused_and_a_large_one_is_not(onecmt, monkeypat
         np.array([0]), 1, np.zeros(0, np.int64),
     )  # fmt: skip
     y0 = np.array([1.0, 0.0])
+    sw, u = np.zeros(0), np.zeros(1)
+
+    def integrator_giving(block):
+        def fake(self, y0, t0, times, t_end, sw, u, out):
+            out[:] = block[: len(out)]
+            return block[-1].copy()
+
+        monkeypatch.setattr(solver._Integrator, "_bdf_into", fake)
+
     block = np.ones((3, 2))
     block[2, 1] = np.nan
-    monkeypatch.setattr(solver._Integrator, "_bdf", lambda self, *args: block)
+    integrator_giving(block)
     with pytest.raises(pk.SimulationError) as err:
-        run.segment(y0, grid, np.zeros(0), np.zeros(1))
+        run.segment(y0, grid, sw, u)
     assert err.value.time == 2.0 and err.value.reason == "non-finite state values"
+    with pytest.raises(pk.SimulationError) as err:  # only the end state is not finite
+        run.segment_into(y0, 0.0, grid[:2], 2.0, sw, u, np.empty((2, 2)))
+    assert err.value.time == 2.0 and err.value.reason == "non-finite state values"
+    block[1, 0] = np.inf
+    with pytest.raises(pk.SimulationError) as err:
+        run.segment_into(y0, 0.0, grid[:2], 2.0, sw, u, np.empty((2, 2)))
+    assert err.value.time == 1.0 and err.value.reason == "non-finite state values"
     large = np.full((3, 2), 1e308)
-    monkeypatch.setattr(solver._Integrator, "_bdf", lambda self, *args: large)
-    assert run.segment(y0, grid, np.zeros(0), np.zeros(1)) is large
+    integrator_giving(large)
+    np.testing.assert_array_equal(run.segment(y0, grid, sw, u), large)
+    out = np.empty((2, 2))
+    np.testing.assert_array_equal(run.segment_into(y0, 0.0, grid[:2], 2.0, sw, u, out), large[2])
+    np.testing.assert_array_equal(out, large[:2])

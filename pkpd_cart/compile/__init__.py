@@ -162,7 +162,7 @@ class CompiledModel:
             call.__doc__ = kernel.__doc__
             bound[name] = call
             return call
-        if name in ("bdf_segment", "bdf_batch"):
+        if name in ("bdf_segment", "bdf_segment_into", "bdf_batch"):
             bound[name] = functools.partial(getattr(bdf, name), table)
             return bound[name]
         for source in (bdf, self.__dict__["module"]):

@@ -139,33 +139,53 @@ def _bdf_initial_step(M, x0, f0, t0, p, sw, u, interval, max_step, rtol, atol):
 
 @jit
 def bdf_segment(M, y0, t0, tout, p, sw, pidx, cols, u, rtol, atol, errcon, max_steps, max_step):
-    """Integrate the (augmented) state y0 from t0 over the output times ``tout``.
+    """Integrate the (augmented) state y0 from t0 over the output times ``tout``, which
+    are increasing, ``tout[-1]`` being the end of the segment. Returns ``(Y, status,
+    t_reached, n_steps)`` with ``Y[i]`` the solution at ``tout[i]`` (rows after a failure
+    are undefined). See :func:`bdf_segment_into` for the layout and the arguments."""
+    Y = np.empty((tout.shape[0], y0.shape[0]))
+    y_end = np.empty(y0.shape[0])
+    status, reached, n_steps = bdf_segment_into(
+        M, y0, t0, tout, tout[tout.shape[0] - 1], p, sw, pidx, cols, u, rtol, atol, errcon,
+        max_steps, max_step, Y, y_end,
+    )  # fmt: skip
+    return Y, status, reached, n_steps
+
+
+@jit
+def bdf_segment_into(
+    M, y0, t0, tout, t_end, p, sw, pidx, cols, u, rtol, atol, errcon, max_steps, max_step, Y, y_end
+):
+    """Integrate the (augmented) state y0 from t0 to ``t_end``, writing the solution at
+    the output times ``tout`` (increasing, within [t0, t_end]) into the rows of ``Y`` and
+    the solution at ``t_end`` into ``y_end``. Returns ``(status, t_reached, n_steps)``;
+    after a failure, rows not reached and ``y_end`` are undefined. The caller's own output
+    array can be ``Y``: no array is allocated per output time, and none is copied after.
 
     ``y0`` holds the n states, then one block of n per sensitivity direction (parameters
     ``pidx`` first, then initial values), as in ``sens_rhs``. ``u`` (n) is the infusion
     input added to the states' derivatives (it does not depend on the parameters, so the
-    sensitivity equations do not change). ``tout`` is increasing and ``tout[-1]`` is the
-    end of the segment. Returns ``(Y, status, t_reached, n_steps)`` with ``Y[i]`` the
-    solution at ``tout[i]`` in the same layout (rows after a failure are undefined).
-    Inside, the sensitivities are stored component-major (all directions of state i
-    together: entry ``n + i * k + direction``), so that J S and the corrector solves run
-    along the directions. ``cols`` lists, sorted, the entries that can be non-zero
+    sensitivity equations do not change). Inside, the sensitivities are stored
+    component-major (all directions of state i together: entry ``n + i * k +
+    direction``), so that J S and the corrector solves run along the directions. ``cols``
+    lists, sorted, the entries that can be non-zero
     (:func:`pkpd_cart.simulation.structure.sensitivity_columns`); the difference table
-    keeps only those (the others are exactly 0 for all time), while J S and the solves
-    run on the full block.
+    keeps only those (the others are exactly 0 for all time, and are written as 0), while
+    J S and the solves run on the full block.
     """
     n = M[N_X]
     m = y0.shape[0]
     n_dir = m // n - 1
-    Y = np.zeros((tout.shape[0], m))  # entries outside ``cols`` stay exactly 0
     k_out = 0
     while k_out < tout.shape[0] and tout[k_out] <= t0:
         for col in range(m):
             Y[k_out, col] = y0[col]
         k_out += 1
-    t_bound = tout[tout.shape[0] - 1]
-    if k_out == tout.shape[0]:
-        return Y, BDF_SUCCESS, t0, 0
+    t_bound = t_end
+    if t_bound <= t0:
+        for col in range(m):
+            y_end[col] = y0[col]
+        return BDF_SUCCESS, t0, 0
     newton_tol = max(10 * 2.220446049250313e-16 / rtol, min(0.03, rtol**0.5))
     mc = n + cols.shape[0] if n_dir else n  # compressed width: states + active entries
     err_size = mc if errcon else n
@@ -258,9 +278,9 @@ def bdf_segment(M, y0, t0, tout, p, sw, pidx, cols, u, rtol, atol, errcon, max_s
     n_steps = 0
     steps_since_output = 0
 
-    while k_out < tout.shape[0]:
+    while t < t_bound:
         if steps_since_output >= max_steps:
-            return Y, BDF_TOO_MANY_STEPS, t, n_steps
+            return BDF_TOO_MANY_STEPS, t, n_steps
         min_step = 10 * (np.nextafter(t, np.inf) - t)
         if h_abs > max_step:
             _bdf_change_D(D, order, max_step / h_abs, RW)
@@ -279,7 +299,7 @@ def bdf_segment(M, y0, t0, tout, p, sw, pidx, cols, u, rtol, atol, errcon, max_s
         t_new = t
         while not step_accepted:
             if h_abs < min_step:
-                return Y, BDF_STEP_TOO_SMALL, t, n_steps
+                return BDF_STEP_TOO_SMALL, t, n_steps
             t_new = t + h_abs
             if t_new > t_bound:
                 t_new = t_bound
@@ -413,6 +433,8 @@ def bdf_segment(M, y0, t0, tout, p, sw, pidx, cols, u, rtol, atol, errcon, max_s
                 _bdf_interpolate(D, order, t, h_abs, max(tout[k_out], t_old), row)
             for col in range(n):
                 Y[k_out, col] = row[col]
+            for col in range(n, m):
+                Y[k_out, col] = 0.0
             for j in range(n_active):
                 Y[k_out, at_out[j]] = row_s[j]
             k_out += 1
@@ -443,7 +465,13 @@ def bdf_segment(M, y0, t0, tout, p, sw, pidx, cols, u, rtol, atol, errcon, max_s
         _bdf_change_D(D, order, factor, RW)
         n_equal_steps = 0
         lu_valid = False
-    return Y, BDF_SUCCESS, t, n_steps
+    for col in range(n):
+        y_end[col] = D[0, col]
+    for col in range(n, m):
+        y_end[col] = 0.0
+    for j in range(n_active):
+        y_end[at_out[j]] = D[0, n + j]
+    return BDF_SUCCESS, t, n_steps
 
 
 @jit
@@ -529,6 +557,7 @@ def bdf_batch(
         nrow = out_ptr[s + 1] - r0
         T = times[r0 : r0 + nrow]
         Yout = np.empty((nrow, m))
+        y_next = np.empty(m)
         SW = np.zeros((nrow, nsw))
         status[s] = 0
         current = t0
@@ -544,36 +573,16 @@ def bdf_batch(
             while hi < nrow and T[hi] < b:
                 hi += 1
             if b > current:
-                grid = np.empty(hi - o + 2)
-                grid[0] = current
-                for r in range(o, hi):
-                    grid[1 + r - o] = T[r]
-                grid[hi - o + 1] = b
-                Yseg, st, reached, _ = bdf_segment(
-                    M,
-                    y,
-                    current,
-                    grid,
-                    p,
-                    sw,
-                    pidx,
-                    cols,
-                    u,
-                    rtol,
-                    atol,
-                    errcon,
-                    max_steps,
-                    max_step,
-                )
+                # outputs in [current, b) straight into this subject's rows
+                st, reached, _ = bdf_segment_into(
+                    M, y, current, T[o:hi], b, p, sw, pidx, cols, u, rtol, atol, errcon,
+                    max_steps, max_step, Yout[o:hi], y_next,
+                )  # fmt: skip
                 if st != 0:
                     status[s] = st
                     break
-                for r in range(o, hi):
-                    for c in range(m):
-                        Yout[r, c] = Yseg[1 + r - o, c]
-                last = Yseg.shape[0] - 1
                 for c in range(m):
-                    y[c] = Yseg[last, c]
+                    y[c] = y_next[c]
             else:
                 for r in range(o, hi):
                     for c in range(m):
