@@ -142,3 +142,46 @@ def test_max_step_is_honoured(onecmt):
     assert capped[3] >= 100 > free[3]
     np.testing.assert_allclose(capped[0][-1], 100.0 * np.exp(-3.0), rtol=1e-5)
     np.testing.assert_allclose(free[0][-1], 100.0 * np.exp(-3.0), rtol=1e-4)
+
+
+def test_outputs_written_into_the_callers_rows_are_those_of_a_whole_segment():
+    """``bdf_segment_into`` (what simulate and the batches call) writes the outputs into
+    rows the caller owns, leaves its other rows alone, and still integrates to the end of
+    the segment when no output lies inside: the same numbers as ``bdf_segment``, whose
+    output times end at the segment's end. With sensitivities the entries that cannot
+    leave 0 are written as 0 into an array that held something else."""
+    model = robertson()
+    c = model.compile()
+    p = model.resolve_parameters()
+    n = 3
+    pidx = np.array([0, 2], dtype=np.int64)
+    y0 = np.zeros(n * 3)
+    y0[:n] = c.initial(p)
+    cols = np.arange(n, 3 * n, dtype=np.int64)
+    args = (p, np.zeros(0), pidx, cols, np.zeros(n), 1e-8, 1e-12, False, 100_000, np.inf)
+    tout = np.array([0.0, 0.0, 0.4, 4.0, 40.0])
+    Y, status, reached, steps = c.bdf_segment(y0, 0.0, tout, *args)
+    assert status == 0 and reached == 40.0
+    out = np.full((6, 3 * n), -7.0)  # rows 1-4 get the outputs at 0, 0, 0.4, 4
+    y_end = np.full(3 * n, -7.0)
+    status, reached, steps_into = c.bdf_segment_into(
+        y0, 0.0, tout[:-1], 40.0, *args, out[1:5], y_end
+    )
+    assert status == 0 and reached == 40.0 and steps_into == steps
+    np.testing.assert_array_equal(out[1:5], Y[:-1])
+    np.testing.assert_array_equal(y_end, Y[-1])
+    assert np.all(out[0] == -7.0) and np.all(out[5] == -7.0)
+    nothing_inside = np.full(3 * n, -7.0)
+    status, _, _ = c.bdf_segment_into(
+        y0, 0.0, np.zeros(0), 40.0, *args, np.empty((0, 3 * n)), nothing_inside
+    )
+    np.testing.assert_array_equal(nothing_inside, Y[-1])
+    # keep the entries of the first direction only (as if the second could not leave 0):
+    # the second's block is written as 0 over what the array held
+    kept_fewer = np.array([n + 0 * 2 + 0, n + 1 * 2 + 0, n + 2 * 2 + 0], dtype=np.int64)
+    out = np.full((4, 3 * n), -7.0)
+    c.bdf_segment_into(
+        y0, 0.0, tout[:-1], 40.0, p, np.zeros(0), pidx, kept_fewer, np.zeros(n), 1e-8,
+        1e-12, False, 100_000, np.inf, out, y_end,
+    )  # fmt: skip
+    assert np.all(out[:, 2 * n :] == 0.0) and np.all(y_end[2 * n :] == 0.0)
