@@ -379,7 +379,6 @@ def bdf_segment_into(
                     if not dfull_clean:
                         for col in range(n, m):
                             dfull[col] = 0.0
-                        dfull_clean = sparse_s
                     for j in range(n_active):
                         dfull[at_full[j]] = (predict_s[j] - psi_s[j]) + c * Fp_ext[at_fp[j]]
                     _solve(M, sparse_s, As, LUs, pivs, dfull, n, n_dir, p, sw)
