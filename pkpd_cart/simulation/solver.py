@@ -389,12 +389,13 @@ class _Integrator:
         """Integrate from grid[0] over grid with infusion input ``u``; (len(grid), len(y0))."""
         if self.n == 0:  # nothing to integrate (a model of parameters and expressions only)
             return np.repeat(y0[None, :], len(grid), axis=0)
+        if self.options.method == "BDF":
+            Y = np.empty((len(grid), len(y0)))
+            Y[-1] = self.segment_into(y0, grid[0], grid[:-1], grid[-1], sw, u, Y[:-1])
+            return Y
         try:
             with np.errstate(all="ignore"):
-                if self.options.method == "BDF":
-                    Y = np.empty((len(grid), len(y0)))
-                    Y[-1] = self._bdf_into(y0, grid[0], grid[:-1], grid[-1], sw, u, Y[:-1])
-                elif self.options.method == "LSODA":
+                if self.options.method == "LSODA":
                     Y, info = self._odeint(y0, grid, sw, u)
                     if info["message"] != "Integration successful.":
                         reached = self._time_reached(y0, grid, sw, u)

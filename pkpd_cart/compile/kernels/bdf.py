@@ -30,7 +30,6 @@ import numpy as np
 from .bdf_steps import (
     _BDF_ALPHA,
     _BDF_ERROR_CONST,
-    _BDF_GAMMA,
     _BDF_MAX_FACTOR,
     _BDF_MAX_ORDER,
     _BDF_MIN_FACTOR,
@@ -40,9 +39,11 @@ from .bdf_steps import (
     _bdf_lu_solve,
     _bdf_lu_solve_many,
     _bdf_newton_matrix,
+    _bdf_predict,
     _bdf_rms,
     _bdf_sensitivity_slopes,
     _bdf_to_internal,
+    _bdf_update,
     _bdf_update_predict,
 )
 from .jit import call, jit, jit_leaf
@@ -310,15 +311,7 @@ def bdf_segment_into(
             h = t_new - t
             h_abs = h
             if not predicted:
-                # D is indexed directly: a row view costs two reference-count updates (NRT)
-                for col in range(mc):
-                    y_predict[col] = D[0, col]
-                    psi[col] = 0.0
-                for k in range(1, order + 1):
-                    w = _BDF_GAMMA[k] / _BDF_ALPHA[order]
-                    for col in range(mc):
-                        y_predict[col] += D[k, col]
-                        psi[col] += w * D[k, col]
+                _bdf_predict(D, order, y_predict, psi)
             predicted = False  # a retry of this step predicts again
             for i in range(n):
                 weight[i] = 1.0 / (atol + rtol * abs(y_predict[i]))
@@ -418,12 +411,7 @@ def bdf_segment_into(
             _bdf_update_predict(D, d, order, y_predict, psi)
             predicted = True
         else:
-            for col in range(mc):
-                D[order + 2, col] = d[col] - D[order + 1, col]
-                D[order + 1, col] = d[col]
-            for i in range(order, -1, -1):
-                for col in range(mc):
-                    D[i, col] += D[i + 1, col]
+            _bdf_update(D, d, order)
         while k_out < tout.shape[0] and tout[k_out] <= t:
             if tout[k_out] == t:
                 for col in range(mc):

@@ -59,7 +59,8 @@ def _bdf_change_D(D, order, factor, RW):
     registers and writing them once: 2.2-2.7x faster than ``order`` ^ 2 passes over whole
     rows for sle_cart's 398 columns with 40 directions (measured), and the same sums in
     the same order (bit-identical). The rows are views made once (free in a kernel without
-    reference counting), so that LLVM vectorises along the columns.
+    reference counting). The loop runs scalar: numba tells LLVM nothing about overlap, and
+    it cannot prove that five rows of one array do not overlap.
     """
     R = RW[0]
     U = RW[1]
@@ -121,6 +122,38 @@ def _bdf_change_D(D, order, factor, RW):
 
 
 @_jit
+def _bdf_update(D, d, order):
+    """Take the accepted step's correction ``d`` into the differences D, scipy's update:
+    D[order + 2] = d - D[order + 1], D[order + 1] = d, then D[i] += D[i + 1] downwards.
+    For a step after which the order or the step size changes; otherwise
+    :func:`_bdf_update_predict` does this and the next prediction in one pass."""
+    m = D.shape[1]
+    for col in range(m):
+        D[order + 2, col] = d[col] - D[order + 1, col]
+        D[order + 1, col] = d[col]
+    for i in range(order, -1, -1):
+        for col in range(m):
+            D[i, col] += D[i + 1, col]
+
+
+@_jit
+def _bdf_predict(D, order, y_predict, psi):
+    """The prediction of the next step from the differences: ``y_predict`` = D[0] + ... +
+    D[order], ``psi`` = sum of gamma_k / alpha_order D[k], k = 1 .. order. Row by row
+    (each pass vectorised); :func:`_bdf_update_predict` computes the same sums in the same
+    order, one column at a time, right after an update."""
+    m = D.shape[1]
+    for col in range(m):
+        y_predict[col] = D[0, col]
+        psi[col] = 0.0
+    for k in range(1, order + 1):
+        w = _BDF_GAMMA[k] / _BDF_ALPHA[order]
+        for col in range(m):
+            y_predict[col] += D[k, col]
+            psi[col] += w * D[k, col]
+
+
+@_jit
 def _bdf_update_predict(D, d, order, y_predict, psi):
     """Take the accepted step's correction ``d`` into the differences D (scipy's update:
     D[order + 2] = d - D[order + 1], D[order + 1] = d, then D[i] += D[i + 1] downwards)
@@ -129,8 +162,8 @@ def _bdf_update_predict(D, d, order, y_predict, psi):
 
     The integrator calls this when neither the order nor the step size changes before the
     next step (most steps). One pass over the columns, each column's differences held in
-    registers, against 2 order + 4 passes over whole rows separately; the same sums in the
-    same order (bit-identical).
+    registers, against the 2 order + 4 passes of :func:`_bdf_update` and
+    :func:`_bdf_predict`; the same sums in the same order (bit-identical).
     """
     m = D.shape[1]
     D0, D1, D2, D3, D4, D5, D6, D7 = D[0], D[1], D[2], D[3], D[4], D[5], D[6], D[7]
