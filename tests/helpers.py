@@ -37,19 +37,27 @@ _DOUBLE_P = ctypes.POINTER(ctypes.c_double)
 _SIGNATURE = ctypes.CFUNCTYPE(
     None, _DOUBLE_P, ctypes.c_double, _DOUBLE_P, _DOUBLE_P, _DOUBLE_P, _DOUBLE_P
 )
+_SIGNATURE_SELECTS = ctypes.CFUNCTYPE(
+    None, _DOUBLE_P, ctypes.c_double, _DOUBLE_P, _DOUBLE_P, _DOUBLE_P, _DOUBLE_P, _DOUBLE_P
+)
 
 
-def generated(compiled, name, x, t, out, out2, p=None, sw=None) -> None:
+def generated(compiled, name, x, t, out, out2, p=None, sw=None, sel=None) -> None:
     """Call the generated function ``name`` of ``compiled`` with the signature every one
     has, ``fn(x, t, p, sw, out, out2)``, on any backend (its address through ctypes for
     the compiled ones). ``out`` and ``out2`` must be C-contiguous float64; ``p`` and ``sw``
-    default to one unused zero."""
+    default to one unused zero. ``jac_dfdp`` takes the column flags ``sel`` as well (all
+    columns by default)."""
+    from pkpd_cart.compile.codegen import GENERATED
+
     p = np.zeros(1) if p is None else p
     sw = np.zeros(1) if sw is None else sw
+    selects = next(g.selects for g in GENERATED if g.name == name)
+    extra = [np.ones(len(compiled.model.parameters)) if sel is None else sel] if selects else []
     fn = getattr(compiled.module, name)
     if compiled.backend == "python":
-        fn(x, t, p, sw, out, out2)
+        fn(x, t, p, sw, out, out2, *extra)
         return
     inputs = [np.ascontiguousarray(a, dtype=float) for a in (x, p, sw)]
-    x_, p_, sw_, out_, out2_ = (a.ctypes.data_as(_DOUBLE_P) for a in (*inputs, out, out2))
-    _SIGNATURE(fn.address)(x_, t, p_, sw_, out_, out2_)
+    pointers = [a.ctypes.data_as(_DOUBLE_P) for a in (*inputs, out, out2, *extra)]
+    (_SIGNATURE_SELECTS if selects else _SIGNATURE)(fn.address)(pointers[0], t, *pointers[1:])

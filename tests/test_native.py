@@ -182,52 +182,38 @@ def jac_dfdp(compiled, x, p, sw):
     return J, Fp
 
 
-def test_a_variant_for_some_directions_holds_only_their_df_dp_columns(fresh_cache):
-    """compile_model(..., directions) writes df/dp for those parameters only (equal to the
-    whole model's to rounding) and zeros elsewhere; a separate cached file; its dfdp,
-    which would return those zeros, is refused, as are indices that are no parameters."""
-    model = zoo_model("zoo_directions")
-    full = compile_model(model)
-    variant = compile_model(model, directions=[2, 0])
-    assert variant.directions == (0, 2) and variant.source_path != full.source_path
-    assert "df/dp columns [0, 2]" in variant.source_path.read_text()
-    assert compile_model(model, directions=(0, 2)) is variant  # remembered
+@pytest.mark.parametrize("backend", ["python", "numba", "llvm"])
+def test_jac_dfdp_writes_only_the_selected_columns_of_df_dp(fresh_cache, backend):
+    """jac_dfdp's column flags: df/dp is written at the selected columns only, with the
+    numbers of the whole evaluation; the other columns keep what the buffer held; J is
+    written whatever the flags. Sensitivities to some parameters, which the integrator
+    computes from their columns alone, equal those columns of all sensitivities."""
+    model = zoo_model(f"zoo_columns_{backend}")
+    compiled = compile_model(model, backend)
     p = model.resolve_parameters()
     sw = np.zeros(1)
+    n, npar = len(model.states), len(model.parameters)
+    non_zero = np.zeros(npar, dtype=bool)  # columns that are not 0 at some point
     for x in points(np.random.default_rng(3), 10):
-        J, Fp = jac_dfdp(full, x, p, sw)
-        Jv, Fpv = jac_dfdp(variant, x, p, sw)
-        np.testing.assert_array_equal(Jv, J)
-        np.testing.assert_allclose(Fpv[:, [0, 2]], Fp[:, [0, 2]], rtol=1e-13, atol=1e-300)
-        assert np.all(Fpv[:, 1] == 0.0) and np.any(Fp[:, 1] != 0.0)
-    with pytest.raises(pk.CompileError) as err:
-        variant.dfdp(points(np.random.default_rng(3), 1)[0], 1.0, p, np.zeros(1))
-    assert str(err.value) == (
-        "model 'zoo_directions' was compiled for the df/dp columns [0, 2] only; "
-        "use compile_model(model)"
+        with np.errstate(all="ignore"):  # the python backend computes with numpy scalars
+            J, Fp = jac_dfdp(compiled, x, p, sw)
+        non_zero |= np.any(Fp != 0.0, axis=0)
+        for sel in ([1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]):
+            Js, Fps = np.zeros((n, n)), np.full((n, npar), 7.5)
+            with np.errstate(all="ignore"):
+                generated(compiled, "jac_dfdp", x, 1.0, Js, Fps, p, sw, np.array(sel))
+            np.testing.assert_array_equal(Js, J)
+            chosen = np.flatnonzero(sel)
+            np.testing.assert_array_equal(Fps[:, chosen], Fp[:, chosen])
+            assert np.all(Fps[:, np.flatnonzero(np.array(sel) == 0.0)] == 7.5)
+    assert non_zero.all()
+    times = np.array([0.0, 1.0, 2.0, 3.0])  # the model blows up at t = 3.5
+    every = simulate(model, times, sensitivities=True, compiled=compiled)
+    some = simulate(model, times, sensitivities=["a", "b"], compiled=compiled)
+    np.testing.assert_allclose(
+        some.state_sensitivities, every.state_sensitivities[..., [0, 1]], rtol=1e-12, atol=1e-14
     )
-    # simulate takes the variant for its own directions only: others would read df/dp = 0
-    times = np.array([0.0, 1.0, 3.0])
-    want = simulate(model, times, sensitivities=["a", "c"], compiled=full)
-    got = simulate(model, times, sensitivities=["a", "c"], compiled=variant)
-    np.testing.assert_allclose(got.state_sensitivities, want.state_sensitivities, rtol=1e-12)
-    assert np.any(got.state_sensitivities != 0.0)
-    with pytest.raises(pk.InputError) as err:
-        simulate(model, times, sensitivities=["b", "c"], compiled=variant)
-    assert str(err.value) == (
-        "model 'zoo_directions': the compiled model passed holds df/dp for a, c only, not b"
-    )
-    empty = compile_model(model, directions=[])  # no df/dp column at all: refused as well
-    with pytest.raises(pk.InputError) as err:
-        simulate(model, times, sensitivities=["a"], compiled=empty)
-    assert str(err.value) == (
-        "model 'zoo_directions': the compiled model passed holds df/dp for no parameter only, not a"
-    )
-    with pytest.raises(pk.CompileError) as err:
-        compile_model(model, directions=[3])
-    assert str(err.value) == (
-        "model 'zoo_directions': sensitivity directions [3] are not parameter indices (0 to 2)"
-    )
+    assert np.all(np.abs(some.state_sensitivities[1:]) > 0.0)
 
 
 @pytest.mark.parametrize("backend", ["python", "numba", "llvm"])

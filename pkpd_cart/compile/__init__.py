@@ -18,7 +18,6 @@ import functools
 import logging
 import time
 import warnings
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -107,9 +106,6 @@ class CompiledModel:
         The generated file on disk (``.ll`` or ``.py``).
     module : ModuleType or SimpleNamespace
         The loaded model functions (see :data:`codegen.GENERATED`) and ``PATTERNS``.
-    directions : tuple of int or None
-        For a model compiled for sensitivities to these parameters only (see
-        :func:`compile_model`): its df/dp holds only their columns.
     table : numpy.ndarray or tuple
         The model's table for the kernels (:mod:`pkpd_cart.compile.kernels.model_calls`).
 
@@ -122,7 +118,6 @@ class CompiledModel:
     backend: str
     source_path: Path
     module: ModuleType
-    directions: tuple[int, ...] | None = None
     table: object = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -146,11 +141,6 @@ class CompiledModel:
         calls, bdf = _kernels(self.__dict__["backend"])
         table = self.__dict__["table"]
         if name in _ARRAY_CALLS:
-            if name == "dfdp" and self.__dict__["directions"] is not None:
-                raise CompileError(
-                    f"model '{self.model.name}' was compiled for the df/dp columns "
-                    f"{list(self.__dict__['directions'])} only; use compile_model(model)"
-                )
             kernel = getattr(calls, name)
 
             def call(*args, _kernel=kernel, _table=table):
@@ -175,9 +165,7 @@ class CompiledModel:
         return len(self.model.states)
 
 
-def compile_model(
-    model: Model, backend: str | None = None, directions: Iterable[int] | None = None
-) -> CompiledModel:
+def compile_model(model: Model, backend: str | None = None) -> CompiledModel:
     """Generate, cache and load the numeric functions of ``model``.
 
     The generated module is reused from memory, then from the disk cache (keyed by the
@@ -185,19 +173,11 @@ def compile_model(
     ``llvm`` backend falls back to ``numba`` for a model with an expression it does not
     translate (logged), with the same results.
 
-    ``directions`` (parameter indices) compiles a variant whose df/dp holds only those
-    columns, for an integrator that needs sensitivities to those parameters alone (the
-    inner problem of a population fit): every step evaluates df/dp, and the columns of
-    the other parameters can cost more than all the rest. Its ``dfdp`` is refused.
+    The integrator evaluates df/dp at every step of a simulation with sensitivities, and
+    only the columns of its directions (``jac_dfdp``'s column flags): a population fit's
+    few random effects need no variant of the model.
     """
     backend = backend or default_backend()
-    if directions is not None:
-        directions = tuple(sorted({int(q) for q in directions}))
-        if not all(0 <= q < len(model.parameters) for q in directions):
-            raise CompileError(
-                f"model '{model.name}': sensitivity directions {list(directions)} are not "
-                f"parameter indices (0 to {len(model.parameters) - 1})"
-            )
     if backend not in BACKENDS:
         raise CompileError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend in ("llvm", "numba") and not numba_available():
@@ -205,54 +185,49 @@ def compile_model(
             f"backend {backend!r} requested but numba is not installed "
             "(pip install 'pkpd_cart[fast]')"
         )
-    variant = backend if directions is None else f"{backend}|dfdp{list(directions)}"
-    known = cache.compiled_for(model, variant)
+    known = cache.compiled_for(model, backend)
     if known is not None:
         return known
     if backend == "llvm":
         from pkpd_cart.compile import native
 
-        def generate_ir(model: Model, header: str) -> str:
-            return native.generate_ir(model, header, directions)
-
         try:
-            compiled = _build(model, backend, ".ll", "; ", generate_ir, native.load_ir, directions)
+            compiled = _build(model, backend, ".ll", "; ", native.generate_ir, native.load_ir)
         except native.UnsupportedExpressionError as exc:
             log.info("model '%s': %s; compiled with numba instead", model.name, exc)
-            compiled = compile_model(model, "numba", directions)
+            compiled = compile_model(model, "numba")
         except CompileError as exc:  # LLVM refused the IR: a writer bug, never the user's
             warnings.warn(
                 f"{exc}; compiled with numba instead (please report this model)",
                 BackendWarning,
                 stacklevel=2,
             )
-            compiled = compile_model(model, "numba", directions)
+            compiled = compile_model(model, "numba")
     else:
 
         def generate_py(model: Model, header: str) -> str:
-            return generate_source(model, header, backend == "numba", directions)
+            return generate_source(model, header, backend == "numba")
 
         def load_py(text: None, model: Model, path: Path, key: str) -> ModuleType:
             return cache.load_module(path, key)
 
-        compiled = _build(model, backend, ".py", "# ", generate_py, load_py, directions)
-    cache.remember(model, variant, compiled)
+        compiled = _build(model, backend, ".py", "# ", generate_py, load_py)
+    cache.remember(model, backend, compiled)
     return compiled
 
 
 def _build(
-    model: Model, backend: str, suffix: str, comment: str, generate_text, load, directions=None
+    model: Model, backend: str, suffix: str, comment: str, generate_text, load
 ) -> CompiledModel:
     """Generate (or reuse from the disk cache) the model's file and load it."""
-    variant = "" if directions is None else f"|df/dp columns {list(directions)}"
-    key = cache.cache_key(model.hash + variant, backend)
+    key = cache.cache_key(model.hash, backend)
     path = cache.module_path(model.name, key, suffix)
     trailer = cache.trailer(comment)
     module = cache.loaded(key)
     if module is None:
         header = (
             f"{comment}Generated by pkpd_cart for model '{model.name}'. Do not edit.\n"
-            f"{comment}model hash: {model.hash}{variant}\n{comment}{cache.versions(backend)}"
+            f"{comment}model hash: {model.hash}\n{comment}{cache.versions(backend)}"
         )
 
         def generate() -> None:
@@ -290,4 +265,4 @@ def _build(
                     f"model '{model.name}': the generated module {path} does not load: "
                     f"{type(again).__name__}: {again}"
                 ) from again
-    return CompiledModel(model, backend, path, module, directions)
+    return CompiledModel(model, backend, path, module)

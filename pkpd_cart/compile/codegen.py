@@ -10,6 +10,10 @@ calling convention, ``fn(y, t, p, sw, out, out2)``:
 * ``out`` (and ``out2``) the outputs: vectors written whole, derivative matrices at their
   structural non-zeros only (the caller zeroes them once; see :data:`GENERATED`).
 
+``jac_dfdp`` alone takes a seventh argument, ``sel`` (np,): it writes df/dp column ``k``
+only where ``sel[k]`` is non-zero, and computes the subexpressions that only that column
+needs only then. The integrator asks for the columns of its sensitivity directions.
+
 Under numba each function is a ``cfunc`` (C pointers in, cached on disk) that the shared
 integrator calls through its address; in pure Python the same text runs on arrays. The
 integrator and everything model-independent live in :mod:`pkpd_cart.compile.kernels`.
@@ -44,6 +48,7 @@ CODEGEN_VERSION = hashlib.sha256(
 class GeneratedFunction:
     name: str
     doc: str
+    selects: bool = False  # takes the column flags ``sel`` (np) as a seventh argument
 
 
 # In the order of kernels.model_calls (RHS, JAC, JAC_DFDP, ...). Vector outputs are written
@@ -55,7 +60,10 @@ GENERATED = (
     GeneratedFunction("rhs", "dx/dt into out (n)"),
     GeneratedFunction("jac", "df/dx into out (n, n)"),
     GeneratedFunction(
-        "jac_dfdp", "df/dx (non-finite -> 0) into out (n, n), df/dp into out2 (n, np)"
+        "jac_dfdp",
+        "df/dx (non-finite -> 0) into out (n, n), df/dp into out2 (n, np) at the columns k "
+        "with sel[k] != 0",
+        selects=True,
     ),
     GeneratedFunction("obs", "observables h(x, p) into out (no)"),
     GeneratedFunction("obs_d", "dh/dx into out (no, n), dh/dp into out2 (no, np)"),
@@ -237,13 +245,27 @@ class Block:
     ``temporaries`` are the common subexpressions in order; ``stores`` assign every
     non-zero output entry, wrapped in ``finite -> 0`` where flagged. The other entries of
     a vector output are written as 0; those of a matrix output are left as they are
-    (see :data:`GENERATED`).
+    (see :data:`GENERATED`). A function that ``selects`` takes the column flags ``sel``;
+    its ``columns`` hold, per non-zero column ``k`` of ``out2``, the temporaries that
+    column alone needs and its stores, run only where ``sel[k]`` is non-zero.
     """
 
     name: str
     doc: str
     inputs: str
     outputs: tuple[tuple[str, tuple[int, ...]], ...]
+    temporaries: tuple[tuple[sp.Symbol, sp.Expr], ...]
+    stores: tuple[tuple[str, tuple[int, ...], sp.Expr, bool], ...]
+    columns: tuple[ColumnGroup, ...] = ()
+    selects: bool = False  # takes ``sel`` (np) as a seventh argument
+
+
+@dataclass(frozen=True)
+class ColumnGroup:
+    """Column ``k`` of ``out2`` in a function that selects its columns: the temporaries
+    no other part of the function needs, then the column's stores."""
+
+    k: int
     temporaries: tuple[tuple[sp.Symbol, sp.Expr], ...]
     stores: tuple[tuple[str, tuple[int, ...], sp.Expr, bool], ...]
 
@@ -275,17 +297,59 @@ def _part(block: Block, name: str, buffer: str, outputs) -> Block:
     return Block(name, _DOCS[name], block.inputs, tuple(outputs), tuple(reversed(kept)), stores)
 
 
-def lower(
-    model: Model, directions: tuple[int, ...] | None = None
-) -> tuple[_Symbols, list[Block], dict[str, list[list[int]]]]:
-    """The model's generated functions as :class:`Block` s, in :data:`GENERATED` order,
-    and the structural non-zeros of its derivatives (:func:`patterns`).
+def _by_column(block: Block, buffer: str) -> Block:
+    """``block`` with the stores of ``buffer`` grouped by column (see :class:`Block`).
 
-    ``directions`` (parameter indices) restricts ``jac_dfdp`` to those columns of df/dp
-    (the others are written as 0): the integrator needs no more for sensitivities to
-    those parameters, and the columns of, say, Hill exponents cost logarithms and powers
-    at every step. Everything else, the patterns included, is that of the whole model.
+    A temporary that the other stores need, or two columns, stays in the common part; one
+    that a single column alone needs goes into that column's group. The integrator asks
+    for a few columns of df/dp (the random effects of a population fit), and the others,
+    say those of Hill exponents with their logarithms, cost as much as J itself.
     """
+    common = [st for st in block.stores if st[0] != buffer]
+    columns: dict[int, list] = {}
+    for st in block.stores:
+        if st[0] == buffer:
+            columns.setdefault(st[1][1], []).append(st)
+    # the users of each temporary: "common", or the set of columns, through the chain
+    users: dict[sp.Symbol, set] = {}
+
+    defined = {symbol for symbol, _ in block.temporaries}
+
+    def mark(expr: sp.Expr, user) -> None:
+        for s in expr.free_symbols & defined:
+            users.setdefault(s, set()).add(user)
+
+    for *_, e, _ in common:
+        mark(e, "common")
+    for k, stores in columns.items():
+        for *_, e, _ in stores:
+            mark(e, k)
+    for symbol, expr in reversed(block.temporaries):  # users of a temporary use its inputs
+        for user in users.get(symbol, ()):
+            mark(expr, user)
+    shared, own = [], {k: [] for k in columns}
+    for symbol, expr in block.temporaries:
+        who = users.get(symbol, set())
+        if len(who) == 1 and next(iter(who)) != "common":
+            own[next(iter(who))].append((symbol, expr))
+        elif who:
+            shared.append((symbol, expr))
+    groups = tuple(ColumnGroup(k, tuple(own[k]), tuple(columns[k])) for k in sorted(columns))
+    return Block(
+        block.name,
+        block.doc,
+        block.inputs,
+        block.outputs,
+        tuple(shared),
+        tuple(common),
+        groups,
+        selects=True,
+    )
+
+
+def lower(model: Model) -> tuple[_Symbols, list[Block], dict[str, list[list[int]]]]:
+    """The model's generated functions as :class:`Block` s, in :data:`GENERATED` order,
+    and the structural non-zeros of its derivatives (:func:`patterns`)."""
     syms, d = _derived(model)
     n, npar, no, ns = (
         len(model.states),
@@ -305,8 +369,7 @@ def lower(
         "jac_dfdp": (
             "yps",
             [("out", (n, n)), ("out2", (n, npar))],
-            mat("out", d.J)
-            + [e for e in mat("out2", d.dfdp) if directions is None or e[1][1] in directions],
+            mat("out", d.J) + mat("out2", d.dfdp),
             ("out",),
         ),
         "obs": ("yps", [("out", (no,))], vec("out", d.h), ()),
@@ -325,6 +388,7 @@ def lower(
     # J is a part of jac_dfdp: its block is that one's, cut down (a second CSE of the same
     # entries took a quarter of sle_cart's CSE time)
     blocks["jac"] = _part(blocks["jac_dfdp"], "jac", "out", [("out", (n, n))])
+    blocks["jac_dfdp"] = _by_column(blocks["jac_dfdp"], "out2")
     blocks = [blocks[g.name] for g in GENERATED if g.name in blocks]
     return syms, blocks, patterns(d)
 
@@ -353,13 +417,25 @@ def _python_function(block: Block, syms: _Symbols, sizes: dict[str, tuple[int]])
         body.append(f"{buf} = _arr({buf}_, {shape!r})")
         if written_whole(shape):
             body.append(f"{buf}[:] = 0.0")
-    body += [f"{s} = {printer.doprint(e)}" for s, e in block.temporaries]
-    for buf, idx, e, finite in block.stores:
-        value = printer.doprint(e)
-        body.append(
-            f"{buf}[{', '.join(map(str, idx))}] = " + (f"_finite({value})" if finite else value)
-        )
+    if block.selects:
+        body.append(f"sel = _arr(sel_, {sizes['p']!r})")
+
+    def assignments(temporaries, stores) -> list[str]:
+        lines = [f"{s} = {printer.doprint(e)}" for s, e in temporaries]
+        for buf, idx, e, finite in stores:
+            value = printer.doprint(e)
+            lines.append(
+                f"{buf}[{', '.join(map(str, idx))}] = " + (f"_finite({value})" if finite else value)
+            )
+        return lines
+
+    body += assignments(block.temporaries, block.stores)
+    for group in block.columns:
+        body.append(f"if sel[{group.k}] != 0.0:")
+        body += ["    " + line for line in assignments(group.temporaries, group.stores)]
     inner = textwrap.indent("\n".join(body), "    ")
+    if block.selects:
+        return f"@_model_selects\ndef {block.name}(y_, t, p_, sw_, out_, out2_, sel_):\n{inner}\n"
     return f"@_model\ndef {block.name}(y_, t, p_, sw_, out_, out2_):\n{inner}\n"
 
 
@@ -449,7 +525,7 @@ class Differentiator:
 @functools.lru_cache(maxsize=4)
 def _derived(model: Model) -> tuple[_Symbols, Derivatives]:
     """The model's symbols and derivatives, kept for the next lowering of the same model
-    (a model compiled for a set of sensitivity directions needs them again)."""
+    (by the ``numba`` backend, when the ``llvm`` one falls back to it)."""
     syms = _Symbols(model)
     return syms, derive(model, syms)
 
@@ -476,12 +552,9 @@ def derive(model: Model, syms: _Symbols) -> Derivatives:
     )
 
 
-def generate_source(
-    model: Model, header: str, use_numba: bool, directions: tuple[int, ...] | None = None
-) -> str:
-    """The full text of the generated module for ``model`` (numba or pure Python);
-    ``directions`` as in :func:`lower`."""
-    syms, blocks, structure = lower(model, directions)
+def generate_source(model: Model, header: str, use_numba: bool) -> str:
+    """The full text of the generated module for ``model`` (numba or pure Python)."""
+    syms, blocks, structure = lower(model)
     n, npar, no, ns = (
         len(model.states),
         len(model.parameters),
@@ -494,14 +567,16 @@ def generate_source(
     if use_numba:
         backend = (
             "from numba import carray as _arr, cfunc\n\n"
-            "from pkpd_cart.compile.kernels.jit import SIGNATURE\n"
+            "from pkpd_cart.compile.kernels.jit import SIGNATURE, SIGNATURE_SELECTS\n"
             "from pkpd_cart.compile.kernels.mathfns import *\n\n"
             "_model = cfunc(SIGNATURE, cache=True, error_model='numpy')\n"
+            "_model_selects = cfunc(SIGNATURE_SELECTS, cache=True, error_model='numpy')\n"
         )
     else:
         backend = (
             "from pkpd_cart.compile.kernels.pure.mathfns import *\n\n\n"
             "def _model(func):\n    return func\n\n\n"
+            "_model_selects = _model\n\n\n"
             "def _arr(a, shape):\n"
             "    size = 1\n    for k in shape:\n        size *= k\n"
             "    return a.reshape(-1)[:size].reshape(shape)\n"

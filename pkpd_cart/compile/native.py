@@ -43,6 +43,8 @@ PATTERNS_TAG = "; pkpd_cart patterns: "
 DOUBLE = ir.DoubleType()
 PTR = DOUBLE.as_pointer()
 FUNCTION_TYPE = ir.FunctionType(ir.VoidType(), [PTR, DOUBLE, PTR, PTR, PTR, PTR])
+# jac_dfdp: the column flags sel as a seventh argument (kernels.jit.SIGNATURE_SELECTS)
+FUNCTION_TYPE_SELECTS = ir.FunctionType(ir.VoidType(), [PTR, DOUBLE, PTR, PTR, PTR, PTR, PTR])
 
 # sympy function -> C math library function of one double
 _UNARY_C = {
@@ -309,13 +311,14 @@ def _finite(emit: _Emitter, value):
 
 
 def _emit_function(module: ir.Module, block: Block, syms: _Symbols) -> None:
-    fn = ir.Function(module, FUNCTION_TYPE, block.name)
+    fn = ir.Function(module, FUNCTION_TYPE_SELECTS if block.selects else FUNCTION_TYPE, block.name)
     fn.attributes.add("nounwind")
-    y, t, p, sw, out, out2 = fn.args
+    y, t, p, sw, out, out2 = fn.args[:6]
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
+    i64 = ir.IntType(64)
 
     def load(ptr, i: int, name: str):
-        return builder.load(builder.gep(ptr, [ir.Constant(ir.IntType(64), i)]), name=name)
+        return builder.load(builder.gep(ptr, [ir.Constant(i64, i)]), name=name)
 
     values: dict = {time_symbol: t, sp.Symbol("t", real=True): t}
     if "y" in block.inputs:
@@ -328,6 +331,12 @@ def _emit_function(module: ir.Module, block: Block, syms: _Symbols) -> None:
     for symbol, expr in block.temporaries:
         values[symbol] = emit(expr)
     buffers = {"out": out, "out2": out2}
+    shapes = dict(block.outputs)
+
+    def store(buf: str, idx: tuple[int, ...], value) -> None:
+        flat = idx[0] if len(idx) == 1 else idx[0] * shapes[buf][1] + idx[1]
+        builder.store(value, builder.gep(buffers[buf], [ir.Constant(i64, flat)]))
+
     written = {}
     for buf, idx, expr, finite in block.stores:
         value = emit(expr)
@@ -339,16 +348,28 @@ def _emit_function(module: ir.Module, block: Block, syms: _Symbols) -> None:
             else [idx for b, idx in written if b == buf]
         )
         for idx in entries:
-            flat = idx[0] if len(idx) == 1 else idx[0] * shape[1] + idx[1]
-            value = written.get((buf, idx), emit.const(0.0))
-            builder.store(value, builder.gep(buffers[buf], [ir.Constant(ir.IntType(64), flat)]))
+            store(buf, idx, written.get((buf, idx), emit.const(0.0)))
+    for group in block.columns:  # if sel[k] != 0: column k (its values stay in its block)
+        flag = load(fn.args[6], group.k, f"sel_{group.k}")
+        column = fn.append_basic_block(f"column_{group.k}")
+        after = fn.append_basic_block(f"after_column_{group.k}")
+        builder.cbranch(builder.fcmp_unordered("!=", flag, emit.const(0.0)), column, after)
+        builder.position_at_end(column)
+        local = _Emitter(module, builder, dict(values))
+        for symbol, expr in group.temporaries:
+            local.values[symbol] = local(expr)
+        for buf, idx, expr, finite in group.stores:
+            value = local(expr)
+            store(buf, idx, _finite(local, value) if finite else value)
+        builder.branch(after)
+        builder.position_at_end(after)
     builder.ret_void()
 
 
-def generate_ir(model, header: str, directions: tuple[int, ...] | None = None) -> str:
-    """The LLVM IR text of the model's functions after ``header`` (IR comments, ``;``);
-    ``directions`` as in :func:`codegen.lower`. Raises :class:`UnsupportedExpressionError`."""
-    syms, blocks, structure = lower(model, directions)
+def generate_ir(model, header: str) -> str:
+    """The LLVM IR text of the model's functions after ``header`` (IR comments, ``;``).
+    Raises :class:`UnsupportedExpressionError`."""
+    syms, blocks, structure = lower(model)
     module = ir.Module(name=model.name)
     for block in blocks:
         _emit_function(module, block, syms)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pkpd_cart.compile import CompiledModel, compile_model
+from pkpd_cart.compile import CompiledModel
 from pkpd_cart.errors import InputError, SimulationError
 from pkpd_cart.model.modelling import Model
 from pkpd_cart.simulation.structure import sensitivity_columns
@@ -663,14 +663,6 @@ def simulate(
     n = len(model.states)
     names, pidx, sidx = _sensitivity_directions(model, sensitivities)
     n_sens = len(names)
-    directions = compiled.directions
-    missing = [] if directions is None else sorted(set(pidx) - set(directions))
-    if missing:  # its df/dp is 0 in those columns: the sensitivities would be wrong
-        raise InputError(
-            f"model '{model.name}': the compiled model passed holds df/dp for "
-            f"{', '.join(list(model.parameters)[q] for q in directions) or 'no parameter'} only, "
-            f"not {', '.join(list(model.parameters)[q] for q in missing)}"
-        )
 
     if t0 is None:
         start = min([model.start_time, float(times[0])] + [d.time for d in doses])
@@ -870,11 +862,6 @@ class BatchRun:
             raise InputError("BatchRun: initial-value sensitivities are not supported")
         self.cols = sensitivity_columns(compiled, self.pidx, []) if names else np.zeros(0, np.int64)
         self.n_sens = len(names)
-        # the integrator evaluates df/dp at every step: a population fit's few random
-        # effects need only their columns (a variant compiled once, then cached)
-        self.kernels = compiled
-        if 0 < self.n_sens < len(model.parameters) and options.method == "BDF":
-            self.kernels = compile_model(model, compiled.backend, self.pidx)
         index = {name: i for i, name in enumerate(model.states)}
         starts, ends, ev_ptr, ev_t, ev_lo, ev_hi = [], [], [0], [], [], []
         dose_state, dose_amount, dose_rate, out_ptr, all_times = [], [], [], [0], []
@@ -951,7 +938,7 @@ class BatchRun:
                     SENS[rows_s] = traj.observable_sensitivities
             return OBS, (SENS if self.n_sens else None), status
         with np.errstate(all="ignore"):
-            self.kernels.bdf_batch(
+            self.c.bdf_batch(
                 np.ascontiguousarray(P, dtype=float),
                 self.pidx,
                 self.cols,

@@ -46,7 +46,7 @@ from .bdf_steps import (
     _bdf_update,
     _bdf_update_predict,
 )
-from .jit import call, jit, jit_leaf
+from .jit import call, call_selects, jit, jit_leaf
 from .model_calls import (
     JAC_DFDP,
     LU_FACTOR,
@@ -206,6 +206,11 @@ def bdf_segment_into(
     n_fp = n * p.shape[0]
     Fp_ext = np.zeros(n_fp + 1)  # df/dp, row-major, then a 0 for directions of initial values
     Fp = Fp_ext[:n_fp].reshape((n, p.shape[0]))
+    # the columns of df/dp the directions read: the others are not computed (their
+    # entries stay 0). sle_cart's three random effects: 0.1 us less per step than all 40.
+    sel = np.zeros(p.shape[0])
+    for k in range(pidx.shape[0]):
+        sel[pidx[k]] = 1.0
     g = np.empty(m)  # slopes at t0: f, then J S + dF/dp (internal layout, from index n)
     for i in range(n):
         g[i] = f0[i]
@@ -216,7 +221,7 @@ def bdf_segment_into(
         # first steps fail the error test of a sensitivity that starts at exactly 0.
         delta = 1e-3 * h_abs
         xz = x0 + delta * f0
-        call(M[JAC_DFDP], xz, t0 + delta, p, sw, Js, Fp)
+        call_selects(M[JAC_DFDP], xz, t0 + delta, p, sw, Js, Fp, sel)
         _bdf_sensitivity_slopes(Js, Fp, pidx, yi, g, n, n_dir)
     for col in range(n):
         D[0, col] = yi[col]
@@ -366,7 +371,7 @@ def bdf_segment_into(
             # (I - c J_new) d_s = c (J_new s_pred + f_p) - psi_s, written for s_new = s_pred
             # + d_s as (I - c J_new) s_new = s_pred - psi_s + c f_p, which needs no J S.
             if converged and n_dir:
-                call(M[JAC_DFDP], y_new, t_new, p, sw, Js, Fp)
+                call_selects(M[JAC_DFDP], y_new, t_new, p, sw, Js, Fp, sel)
                 factorised, sparse_s = _factor(M, Js, c, p, sw, As, LUs, pivs, info)
                 if factorised:
                     if not dfull_clean:

@@ -8,7 +8,9 @@ function has the same C signature, :data:`SIGNATURE`: pointers to the states, th
 pointers to the parameters and switch flags, and two output buffers. Under numba ``fn`` is
 the function's machine address (an integer) and ``call`` compiles to an indirect call, so
 the integrator is compiled once for all models; in pure Python ``fn`` is the function
-itself. All arrays passed must be C-contiguous float64.
+itself. All arrays passed must be C-contiguous float64. ``call_selects(fn, x, t, p, sw,
+out, out2, sel)`` is the same for the one function with a seventh argument, the column
+flags of ``jac_dfdp`` (:data:`SIGNATURE_SELECTS`).
 """
 
 from __future__ import annotations
@@ -56,7 +58,11 @@ if PURE:
     def call(fn, x, t, p, sw, out, out2):
         fn(x, t, p, sw, out, out2)
 
+    def call_selects(fn, x, t, p, sw, out, out2, sel):
+        fn(x, t, p, sw, out, out2, sel)
+
     SIGNATURE = None
+    SIGNATURE_SELECTS = None
 else:
     from llvmlite import ir
     from numba import types
@@ -113,39 +119,39 @@ else:
 
     _f64p = types.CPointer(types.float64)
     SIGNATURE = types.void(_f64p, types.float64, _f64p, _f64p, _f64p, _f64p)
+    SIGNATURE_SELECTS = types.void(_f64p, types.float64, _f64p, _f64p, _f64p, _f64p, _f64p)
 
-    @intrinsic
-    def call(typingctx, fn, x, t, p, sw, out, out2):
-        arrays = (x, p, sw, out, out2)
+    def _typed_call(fn, x, t, arrays):
+        """The signature and code generator of an indirect call to ``fn`` with the
+        pointers of ``x``, the time ``t``, and the pointers of ``arrays``."""
         if not isinstance(fn, types.Integer) or not all(
             isinstance(a, types.Array) and a.dtype == types.float64 and a.layout == "C"
-            for a in arrays
+            for a in (x, *arrays)
         ):  # a pointer to a strided array would read the wrong numbers: refuse to type
             return None
-        sig = types.void(fn, x, t, p, sw, out, out2)
+        sig = types.void(fn, x, t, *arrays)
 
         def codegen(context, builder, signature, args):
-            a_fn, a_x, a_t, a_p, a_sw, a_out, a_out2 = args
+            a_fn, a_x, a_t, *a_arrays = args
             dbl = ir.DoubleType()
             ptr = dbl.as_pointer()
-            fnty = ir.FunctionType(ir.VoidType(), [ptr, dbl, ptr, ptr, ptr, ptr])
+            fnty = ir.FunctionType(ir.VoidType(), [ptr, dbl] + [ptr] * len(arrays))
             target = builder.inttoptr(a_fn, fnty.as_pointer())
 
             def data(ty, value):
                 return context.make_array(ty)(context, builder, value).data
 
             time = context.cast(builder, a_t, signature.args[2], types.float64)
-            builder.call(
-                target,
-                [
-                    data(x, a_x),
-                    time,
-                    data(p, a_p),
-                    data(sw, a_sw),
-                    data(out, a_out),
-                    data(out2, a_out2),
-                ],
-            )
+            pointers = [data(ty, v) for ty, v in zip(arrays, a_arrays)]
+            builder.call(target, [data(x, a_x), time, *pointers])
             return context.get_dummy_value()
 
         return sig, codegen
+
+    @intrinsic
+    def call(typingctx, fn, x, t, p, sw, out, out2):
+        return _typed_call(fn, x, t, (p, sw, out, out2))
+
+    @intrinsic
+    def call_selects(typingctx, fn, x, t, p, sw, out, out2, sel):
+        return _typed_call(fn, x, t, (p, sw, out, out2, sel))

@@ -2,14 +2,15 @@
 
 A table ``M`` holds, at the indices below, the model's generated functions (machine
 addresses under numba, the functions themselves in pure Python) and then its sizes. Every
-generated function is called as ``fn(x, t, p, sw, out, out2)``:
+generated function is called as ``fn(x, t, p, sw, out, out2)``, ``jac_dfdp`` with the column
+flags ``sel`` (np) as a seventh argument (``call_selects``):
 
 ========== ===================================== ==========================================
 index      writes ``out``                        writes ``out2``
 ========== ===================================== ==========================================
 RHS        dx/dt (n)                             -
 JAC        df/dx (n, n), as derived              -
-JAC_DFDP   df/dx (n, n), non-finite -> 0         df/dp (n, np)
+JAC_DFDP   df/dx (n, n), non-finite -> 0         df/dp (n, np), columns k with sel[k] != 0
 OBS        observables h (no)                    -
 OBS_D      dh/dx (no, n)                         dh/dp (no, np)
 X0         initial states (n), from ``p``        -
@@ -23,9 +24,6 @@ LU_SOLVE4  the same for out[c], out[s + c], ...,  -
            c < 4, in vector registers
 ========== ===================================== ==========================================
 
-A model compiled for some sensitivity directions only (``compile_model(..., directions)``)
-writes df/dp for those parameters and zeros elsewhere.
-
 Outputs must be zeroed by the caller only where noted by the generated code (they are
 fully written). The functions here allocate and return numpy arrays, for callers in Python
 and in the integrator alike.
@@ -35,7 +33,7 @@ import math
 
 import numpy as np
 
-from .jit import call, jit, jit_leaf
+from .jit import call, call_selects, jit, jit_leaf
 from .mathfns import _mul
 
 RHS, JAC, JAC_DFDP, OBS, OBS_D, X0, X0_DP, TAU, TAU_DP, LU_FACTOR, LU_SOLVE, LU_SOLVE4 = range(12)
@@ -93,7 +91,7 @@ def dfdp(M, y, t, p, sw):
     n = M[N_X]
     J = np.zeros((n, n))
     out = np.zeros((n, M[N_P]))
-    call(M[JAC_DFDP], y, t, p, sw, J, out)
+    call_selects(M[JAC_DFDP], y, t, p, sw, J, out, np.ones(M[N_P]))
     return out
 
 
