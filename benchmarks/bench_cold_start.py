@@ -3,7 +3,9 @@ libroadrunner loading the same model's SBML in a new process (measured in the sa
 
 For each model, a fresh Python process runs: import the third-party packages pkpd_cart
 builds on (numpy, scipy.linalg, sympy, numba, and numba's set-up of its CPU target, which
-it does on first use and which imports scipy.linalg for its BLAS check), import pkpd_cart,
+it does on first use and which imports scipy.linalg for its BLAS check; and
+``sympy.tensor.tensor``, which sympy imports with ``sympy.combinatorics`` at the first sum
+any sympy user builds, 0.05-0.1 s), import pkpd_cart,
 load the model, compile it (generate + compile its functions), first simulation, first
 simulation with forward sensitivities (all parameters). "Own part" is the time from the
 import of pkpd_cart to the first simulation: what pkpd_cart itself costs, the floor of
@@ -40,6 +42,7 @@ PKPD = """
 import json, sys, time
 t00 = time.perf_counter()
 import numpy, scipy.linalg, sympy, numba
+import sympy.tensor.tensor  # sympy imports it (and combinatorics) at the first sum built
 try:  # numba sets up its CPU target (typing and lowering registries) on first use
     from numba.core.registry import cpu_target
     cpu_target.target_context.refresh()

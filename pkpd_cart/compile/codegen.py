@@ -300,8 +300,9 @@ def _part(block: Block, name: str, buffer: str, outputs) -> Block:
 def _by_column(block: Block, buffer: str) -> Block:
     """``block`` with the stores of ``buffer`` grouped by column (see :class:`Block`).
 
-    A temporary that the other stores need, or two columns, stays in the common part; one
-    that a single column alone needs goes into that column's group. The integrator asks
+    A temporary that the other stores need stays in the common part; one that only columns
+    need goes into the group of each of them (a few are needed by two or three columns:
+    computing them again there cost less than computing them always). The integrator asks
     for a few columns of df/dp (the random effects of a population fit), and the others,
     say those of Hill exponents with their logarithms, cost as much as J itself.
     """
@@ -330,10 +331,11 @@ def _by_column(block: Block, buffer: str) -> Block:
     shared, own = [], {k: [] for k in columns}
     for symbol, expr in block.temporaries:
         who = users.get(symbol, set())
-        if len(who) == 1 and next(iter(who)) != "common":
-            own[next(iter(who))].append((symbol, expr))
-        elif who:
+        if "common" in who:
             shared.append((symbol, expr))
+        else:  # in each column that needs it: computed only for the columns selected
+            for k in who:
+                own[k].append((symbol, expr))
     groups = tuple(ColumnGroup(k, tuple(own[k]), tuple(columns[k])) for k in sorted(columns))
     return Block(
         block.name,
