@@ -257,7 +257,7 @@ class Block:
     temporaries: tuple[tuple[sp.Symbol, sp.Expr], ...]
     stores: tuple[tuple[str, tuple[int, ...], sp.Expr, bool], ...]
     columns: tuple[ColumnGroup, ...] = ()
-    selects: bool = False  # takes ``sel`` (np) as a seventh argument
+    selects: bool = False  # takes ``sel`` (np): set by _by_column, for GENERATED's ``selects``
 
 
 @dataclass(frozen=True)
@@ -313,7 +313,6 @@ def _by_column(block: Block, buffer: str) -> Block:
             columns.setdefault(st[1][1], []).append(st)
     # the users of each temporary: "common", or the set of columns, through the chain
     users: dict[sp.Symbol, set] = {}
-
     defined = {symbol for symbol, _ in block.temporaries}
 
     def mark(expr: sp.Expr, user) -> None:
@@ -390,8 +389,11 @@ def lower(model: Model) -> tuple[_Symbols, list[Block], dict[str, list[list[int]
     # J is a part of jac_dfdp: its block is that one's, cut down (a second CSE of the same
     # entries took a quarter of sle_cart's CSE time)
     blocks["jac"] = _part(blocks["jac_dfdp"], "jac", "out", [("out", (n, n))])
-    blocks["jac_dfdp"] = _by_column(blocks["jac_dfdp"], "out2")
-    blocks = [blocks[g.name] for g in GENERATED if g.name in blocks]
+    blocks = [
+        _by_column(blocks[g.name], "out2") if g.selects else blocks[g.name]
+        for g in GENERATED
+        if g.name in blocks
+    ]
     return syms, blocks, patterns(d)
 
 
